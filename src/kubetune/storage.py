@@ -1,0 +1,214 @@
+"""Local paths and object storage (s3://, and KFP's minio:// artifact URIs) behind one interface.
+
+Endpoint and credentials come from the environment (what MinIO and the Kubernetes Secrets give the
+pods): AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, and the endpoint from `storage.endpoint_url`,
+$AWS_ENDPOINT_URL or $MLFLOW_S3_ENDPOINT_URL. Credentials are never read from the config.
+
+Stage outputs are published atomically (`atomic_output_dir`): a stage writes into a private staging
+directory and the result replaces the old one only once it is complete, so a failed or killed stage
+never leaves half a result or destroys a good earlier one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from kubetune.errors import KubetuneError
+
+if TYPE_CHECKING:
+    import fsspec
+
+    from kubetune.config import StorageConfig
+
+logger = logging.getLogger(__name__)
+
+# Written last into every published output directory; a directory without it is incomplete.
+COMPLETE_MARKER = "_COMPLETE"
+REMOTE_SCHEMES = ("s3://", "minio://", "s3a://")
+T = TypeVar("T")
+
+
+def is_remote(uri: str) -> bool:
+    return uri.startswith(REMOTE_SCHEMES)
+
+
+def normalize_uri(uri: str) -> str:
+    """minio:// and s3a:// → s3://; file:// → a plain path."""
+    for scheme in ("minio://", "s3a://"):
+        if uri.startswith(scheme):
+            return "s3://" + uri[len(scheme) :]
+    if uri.startswith("file://"):
+        return uri[len("file://") :]
+    return uri
+
+
+def endpoint_url(config: StorageConfig | None = None) -> str | None:
+    if config is not None and config.endpoint_url:
+        return config.endpoint_url
+    return os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("MLFLOW_S3_ENDPOINT_URL") or None
+
+
+def storage_options(config: StorageConfig | None = None) -> dict[str, Any]:
+    """s3fs options from the config and the environment (never credentials from the config)."""
+    options: dict[str, Any] = {"config_kwargs": {"retries": {"max_attempts": 1 + (config.max_retries if config else 5), "mode": "standard"}}}
+    client_kwargs: dict[str, Any] = {}
+    url = endpoint_url(config)
+    if url:
+        client_kwargs["endpoint_url"] = url
+    region = (config.region if config else None) or os.environ.get("AWS_DEFAULT_REGION")
+    if region:
+        client_kwargs["region_name"] = region
+    if client_kwargs:
+        options["client_kwargs"] = client_kwargs
+    return options
+
+
+def filesystem(uri: str, config: StorageConfig | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
+    """(filesystem, path within it) for a local path or an object-storage URI."""
+    import fsspec
+
+    uri = normalize_uri(uri)
+    if is_remote(uri):
+        fs = fsspec.filesystem("s3", skip_instance_cache=True, **storage_options(config))
+        return fs, uri[len("s3://") :]
+    return fsspec.filesystem("file"), str(Path(uri).expanduser().resolve())
+
+
+def _is_transient(exc: BaseException) -> bool:
+    text = f"{type(exc).__name__} {exc}"
+    markers = ("SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout", "Throttl", "503", "500",
+               "ConnectionError", "ConnectTimeout", "ReadTimeout", "EndpointConnectionError", "Connection reset")
+    return isinstance(exc, (ConnectionError, TimeoutError)) or any(m in text for m in markers)
+
+
+def with_retries(action: Callable[[], T], what: str, attempts: int = 5, base_delay: float = 0.5) -> T:
+    """Run `action`, retrying transient object-storage errors with exponential backoff."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return action()
+        except Exception as exc:  # noqa: BLE001 - classified below, re-raised when not transient
+            if attempt == attempts or not _is_transient(exc):
+                raise
+            delay = base_delay * 2 ** (attempt - 1)
+            logger.warning("%s failed (%s: %s); retry %d/%d in %.1fs", what, type(exc).__name__, exc, attempt, attempts - 1, delay)
+            time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+def exists(uri: str, config: StorageConfig | None = None) -> bool:
+    fs, path = filesystem(uri, config)
+    return with_retries(lambda: fs.exists(path), f"checking {uri}")
+
+
+def is_complete(uri: str, config: StorageConfig | None = None) -> bool:
+    """True when `uri` is a directory published by `atomic_output_dir`."""
+    fs, path = filesystem(uri, config)
+    return with_retries(lambda: fs.exists(f"{path}/{COMPLETE_MARKER}"), f"checking {uri}")
+
+
+def download(uri: str, local_dir: str | Path, config: StorageConfig | None = None) -> Path:
+    """Copy a remote directory (or file) to `local_dir`; a local `uri` is returned as it is."""
+    uri = normalize_uri(uri)
+    if not is_remote(uri):
+        return Path(uri).expanduser()
+    fs, path = filesystem(uri, config)
+    local_dir = Path(local_dir)
+    local_dir.mkdir(parents=True, exist_ok=True)
+    if with_retries(lambda: fs.isdir(path), f"checking {uri}"):
+        with_retries(lambda: fs.get(path.rstrip("/") + "/", str(local_dir) + "/", recursive=True), f"downloading {uri}")
+        return local_dir
+    target = local_dir / Path(path).name
+    with_retries(lambda: fs.get(path, str(target)), f"downloading {uri}")
+    return target
+
+
+def upload_dir(local_dir: str | Path, uri: str, config: StorageConfig | None = None) -> None:
+    """Copy a local directory's files to a remote prefix, the completion marker (if any) last."""
+    fs, path = filesystem(uri, config)
+    local_dir = Path(local_dir)
+    files = sorted(p for p in local_dir.rglob("*") if p.is_file())
+    marker = [p for p in files if p.name == COMPLETE_MARKER and p.parent == local_dir]
+    for file in [p for p in files if p not in marker] + marker:
+        key = f"{path.rstrip('/')}/{file.relative_to(local_dir).as_posix()}"
+        with_retries(lambda f=file, k=key: fs.put_file(str(f), k), f"uploading {file.name}")
+
+
+def read_text(uri: str, config: StorageConfig | None = None) -> str:
+    fs, path = filesystem(uri, config)
+    return with_retries(lambda: fs.cat_file(path).decode(), f"reading {uri}")
+
+
+def _clear_stale_staging(parent: Path, name: str) -> None:
+    """Remove staging directories that a killed earlier run of this stage left behind."""
+    for stale in parent.glob(f".{name}.staging-*"):
+        pid = stale.name.rsplit("-", 2)[-2] if stale.name.count("-") >= 2 else ""
+        if pid.isdigit() and _pid_alive(int(pid)):
+            continue
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def atomic_output_dir(uri: str, kind: str, config: StorageConfig | None = None) -> Iterator[Path]:
+    """Yield a local staging directory; publish it to `uri` only when the body finishes.
+
+    `kind` names the output (e.g. "preprocess"): an existing `uri` is replaced only if it is an
+    earlier output of kubetune (it has the completion marker) — never a directory of the user's.
+    Local outputs are swapped in by rename; remote ones are uploaded with the marker written last.
+    """
+    uri = normalize_uri(uri)
+    remote = is_remote(uri)
+    if remote:
+        fs, path = filesystem(uri, config)
+        if with_retries(lambda: fs.exists(path), f"checking {uri}") and not is_complete(uri, config):
+            if with_retries(lambda: fs.ls(path), f"listing {uri}"):
+                raise KubetuneError(f"output {uri} exists and is not a kubetune {kind} output; choose another path")
+        staging = Path(tempfile.mkdtemp(prefix=f"kubetune-{kind}-"))
+    else:
+        out = Path(uri).expanduser().resolve()
+        if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / COMPLETE_MARKER).exists())):
+            raise KubetuneError(f"output {out} exists and is not a kubetune {kind} output; choose another path")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        _clear_stale_staging(out.parent, out.name)
+        staging = out.parent / f".{out.name}.staging-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        staging.mkdir()
+    try:
+        yield staging
+        (staging / COMPLETE_MARKER).write_text(f"{kind}\n")
+        if remote:
+            with_retries(lambda: fs.rm(f"{path}/{COMPLETE_MARKER}") if fs.exists(f"{path}/{COMPLETE_MARKER}") else None,
+                         f"unmarking {uri}")
+            upload_dir(staging, uri, config)
+        else:
+            _swap_in(staging, out)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _swap_in(staging: Path, out: Path) -> None:
+    if not out.exists():
+        staging.rename(out)
+        return
+    retired = out.parent / f".{out.name}.retired-{uuid.uuid4().hex[:8]}"
+    out.rename(retired)
+    staging.rename(out)
+    shutil.rmtree(retired, ignore_errors=True)
