@@ -1,0 +1,1 @@
+"""The data stages: load → split → labelize → serialize (preprocess), then tokenize."""

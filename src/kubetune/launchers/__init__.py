@@ -1,0 +1,53 @@
+"""How the train step runs the trainer: a small interface with one implementation per way.
+
+`local` runs `torchrun --nproc_per_node N -m kubetune train ...` as a subprocess on this machine;
+`pytorchjob` submits a Kubeflow Training Operator PyTorchJob and waits for it. The train component
+picks one by name from LAUNCHERS and calls `launch`; it never branches on the kind itself.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from kubetune.config import RunConfig
+
+
+@dataclass(frozen=True)
+class TrainRequest:
+    """Everything a launcher needs to start one training run."""
+
+    config: RunConfig  # the resolved run config; travels to the trainer as YAML text
+    data_uri: str  # the tokenize step's output (local path or s3:// URI)
+    output_uri: str  # where the trainer writes checkpoints/ and model/ (local path or s3:// URI)
+    run_id: str  # the pipeline run's id (KFP run id, or a local one): labels the job, tags MLflow
+    mlflow_run_id: str | None = None  # the pipeline's MLflow run: the trainer logs into it
+    env: dict[str, str] = field(default_factory=dict)  # extra non-secret environment for the trainer
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    output_uri: str  # holds model/ and training_metrics.json
+    job_name: str | None = None  # the PyTorchJob's name (pytorchjob launcher)
+
+
+class Launcher(Protocol):
+    def launch(self, request: TrainRequest) -> TrainResult:
+        """Run training to the end; raise KubetuneError (or a subclass) when it fails."""
+        ...
+
+
+# launcher name (cluster.launcher) → "module:class"
+LAUNCHERS: dict[str, str] = {}
+
+
+def get_launcher(name: str) -> Launcher:
+    try:
+        target = LAUNCHERS[name]
+    except KeyError:
+        from kubetune.errors import KubetuneError
+
+        raise KubetuneError(f"cluster.launcher: unknown launcher {name!r}; choose one of {sorted(LAUNCHERS)}") from None
+    module_name, _, class_name = target.partition(":")
+    return getattr(importlib.import_module(module_name), class_name)()
