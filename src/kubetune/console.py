@@ -16,7 +16,7 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]], title
     numeric = [all(_is_number(row[i]) for row in rows) if rows else False for i in range(len(headers))]
 
     def line(values: Sequence[str]) -> str:
-        return "  ".join(v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric)).rstrip()
+        return "  ".join(v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric, strict=True)).rstrip()
 
     out = [title] if title else []
     out += [line(list(headers)), "  ".join("-" * w for w in widths)]

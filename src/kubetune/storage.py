@@ -178,9 +178,9 @@ def atomic_output_dir(uri: str, kind: str, config: StorageConfig | None = None) 
     remote = is_remote(uri)
     if remote:
         fs, path = filesystem(uri, config)
-        if with_retries(lambda: fs.exists(path), f"checking {uri}") and not is_complete(uri, config):
-            if with_retries(lambda: fs.ls(path), f"listing {uri}"):
-                raise KubetuneError(f"output {uri} exists and is not a kubetune {kind} output; choose another path")
+        occupied = with_retries(lambda: fs.exists(path) and bool(fs.ls(path)), f"checking {uri}")
+        if occupied and not is_complete(uri, config):
+            raise KubetuneError(f"output {uri} exists and is not a kubetune {kind} output; choose another path")
         staging = Path(tempfile.mkdtemp(prefix=f"kubetune-{kind}-"))
     else:
         out = Path(uri).expanduser().resolve()
