@@ -545,9 +545,15 @@ def _inline_deepspeed_json(config: RunConfig, source: str | None, base_dir: Path
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
+    """Read a YAML config from a local path or an object-storage URI (how training pods get it)."""
+    from kubetune import storage
+
     try:
-        text = path.read_text()
+        if storage.is_remote(str(path)):
+            text = storage.read_text(str(path))
+        else:
+            path = Path(path)
+            text = path.read_text()
     except FileNotFoundError:
         raise ConfigError([f"config file not found: {path}"]) from None
     try:
@@ -567,7 +573,9 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -
         if not isinstance(data, Mapping):
             raise ConfigError(["the config must be a mapping of sections"], str(path))
         data = deep_merge(data, override_tree)
-    base_dir = Path(path).resolve().parent if path is not None else None
+    from kubetune.storage import is_remote
+
+    base_dir = Path(path).resolve().parent if path is not None and not is_remote(str(path)) else None
     config = validate_config(data, source=str(path) if path is not None else None, base_dir=base_dir)
     for warning in config.warnings:
         logger.warning(warning)
