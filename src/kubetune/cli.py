@@ -18,6 +18,9 @@ from kubetune.errors import EXIT_USER_ERROR, KubetuneError
 # subcommand → module in kubetune.commands. Stage, config section, subcommand and component share one name.
 COMMANDS: dict[str, str] = {
     "validate": "validate",
+    "preprocess": "preprocess",
+    "tokenize": "tokenize",
+    "demo-data": "demo_data",
 }
 
 

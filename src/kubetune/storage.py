@@ -57,9 +57,23 @@ def endpoint_url(config: StorageConfig | None = None) -> str | None:
     return os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("MLFLOW_S3_ENDPOINT_URL") or None
 
 
+def max_retries(config: StorageConfig | None = None) -> int:
+    if config is None:
+        from kubetune.config import StorageConfig
+
+        config = StorageConfig()
+    return config.max_retries
+
+
 def storage_options(config: StorageConfig | None = None) -> dict[str, Any]:
-    """s3fs options from the config and the environment (never credentials from the config)."""
-    options: dict[str, Any] = {"config_kwargs": {"retries": {"max_attempts": 1 + (config.max_retries if config else 5), "mode": "standard"}}}
+    """s3fs options from the config and the environment (never credentials from the config).
+
+    botocore retries each HTTP request itself (`standard` mode: 5xx answers, throttling, dropped
+    connections) `storage.max_retries` times with jittered exponential backoff; see `with_retries`
+    for what is retried on top of that.
+    """
+    retries = {"max_attempts": 1 + max_retries(config), "mode": "standard"}
+    options: dict[str, Any] = {"config_kwargs": {"retries": retries}}
     client_kwargs: dict[str, Any] = {}
     url = endpoint_url(config)
     if url:
@@ -83,20 +97,53 @@ def filesystem(uri: str, config: StorageConfig | None = None) -> tuple[fsspec.Ab
     return fsspec.filesystem("file"), str(Path(uri).expanduser().resolve())
 
 
+def _causes(exc: BaseException | None) -> Iterator[BaseException]:
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__
+
+
 def _is_transient(exc: BaseException) -> bool:
-    text = f"{type(exc).__name__} {exc}"
-    markers = ("SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout", "Throttl", "503", "500",
-               "ConnectionError", "ConnectTimeout", "ReadTimeout", "EndpointConnectionError", "Connection reset")
-    return isinstance(exc, (ConnectionError, TimeoutError)) or any(m in text for m in markers)
+    """True for a lost connection to the object store: worth trying the whole operation again.
+
+    Decided by exception type, never by message text (a key such as `checkpoint-500/` is not an
+    HTTP 500). Error *answers* of the server (5xx, SlowDown) are not retried here: botocore has
+    already retried that request `storage.max_retries` times, and retrying it again would square
+    the number of attempts.
+    """
+    import aiohttp
+    import botocore.exceptions as boto
+
+    connection_errors = (
+        ConnectionError,  # builtin: refused, reset, aborted
+        TimeoutError,  # also asyncio's
+        boto.ConnectionError,  # EndpointConnectionError, ConnectionClosedError, ConnectTimeoutError
+        boto.HTTPClientError,  # ReadTimeoutError, ResponseStreamingError: the connection died mid-answer
+        boto.IncompleteReadError,
+        aiohttp.ClientConnectionError,
+        aiohttp.ClientPayloadError,
+    )
+    return any(isinstance(cause, connection_errors) for cause in _causes(exc))
 
 
-def with_retries(action: Callable[[], T], what: str, attempts: int = 5, base_delay: float = 0.5) -> T:
-    """Run `action`, retrying transient object-storage errors with exponential backoff."""
+def with_retries(
+    action: Callable[[], T], what: str, attempts: int | None = None, base_delay: float = 0.5,
+    config: StorageConfig | None = None,
+) -> T:
+    """Run `action`; when the connection to the object store is lost, run it again with exponential backoff.
+
+    `attempts` defaults to 1 + `storage.max_retries`. Covers what botocore's per-request retries
+    cannot: an endpoint that stays unreachable for longer than they wait (a MinIO pod restarting),
+    or a connection dropped while a body was streaming.
+    """
+    attempts = attempts if attempts is not None else 1 + max_retries(config)
     for attempt in range(1, attempts + 1):
         try:
             return action()
         except Exception as exc:  # noqa: BLE001 - classified below, re-raised when not transient
-            if attempt == attempts or not _is_transient(exc):
+            if attempt >= attempts or not _is_transient(exc):
                 raise
             delay = base_delay * 2 ** (attempt - 1)
             logger.warning("%s failed (%s: %s); retry %d/%d in %.1fs", what, type(exc).__name__, exc, attempt, attempts - 1, delay)
@@ -106,13 +153,13 @@ def with_retries(action: Callable[[], T], what: str, attempts: int = 5, base_del
 
 def exists(uri: str, config: StorageConfig | None = None) -> bool:
     fs, path = filesystem(uri, config)
-    return with_retries(lambda: fs.exists(path), f"checking {uri}")
+    return with_retries(lambda: fs.exists(path), f"checking {uri}", config=config)
 
 
 def is_complete(uri: str, config: StorageConfig | None = None) -> bool:
     """True when `uri` is a directory published by `atomic_output_dir`."""
     fs, path = filesystem(uri, config)
-    return with_retries(lambda: fs.exists(f"{path}/{COMPLETE_MARKER}"), f"checking {uri}")
+    return with_retries(lambda: fs.exists(f"{path}/{COMPLETE_MARKER}"), f"checking {uri}", config=config)
 
 
 def download(uri: str, local_dir: str | Path, config: StorageConfig | None = None) -> Path:
@@ -123,11 +170,11 @@ def download(uri: str, local_dir: str | Path, config: StorageConfig | None = Non
     fs, path = filesystem(uri, config)
     local_dir = Path(local_dir)
     local_dir.mkdir(parents=True, exist_ok=True)
-    if with_retries(lambda: fs.isdir(path), f"checking {uri}"):
-        with_retries(lambda: fs.get(path.rstrip("/") + "/", str(local_dir) + "/", recursive=True), f"downloading {uri}")
+    if with_retries(lambda: fs.isdir(path), f"checking {uri}", config=config):
+        with_retries(lambda: fs.get(path.rstrip("/") + "/", str(local_dir) + "/", recursive=True), f"downloading {uri}", config=config)
         return local_dir
     target = local_dir / Path(path).name
-    with_retries(lambda: fs.get(path, str(target)), f"downloading {uri}")
+    with_retries(lambda: fs.get(path, str(target)), f"downloading {uri}", config=config)
     return target
 
 
@@ -139,12 +186,25 @@ def upload_dir(local_dir: str | Path, uri: str, config: StorageConfig | None = N
     marker = [p for p in files if p.name == COMPLETE_MARKER and p.parent == local_dir]
     for file in [p for p in files if p not in marker] + marker:
         key = f"{path.rstrip('/')}/{file.relative_to(local_dir).as_posix()}"
-        with_retries(lambda f=file, k=key: fs.put_file(str(f), k), f"uploading {file.name}")
+        with_retries(lambda f=file, k=key: fs.put_file(str(f), k), f"uploading {file.name}", config=config)
 
 
 def read_text(uri: str, config: StorageConfig | None = None) -> str:
     fs, path = filesystem(uri, config)
-    return with_retries(lambda: fs.cat_file(path).decode(), f"reading {uri}")
+    return with_retries(lambda: fs.cat_file(path).decode(), f"reading {uri}", config=config)
+
+
+def write_text(uri: str, text: str, config: StorageConfig | None = None) -> None:
+    """Write a small text file (local: atomically via rename; remote: one PUT, atomic in S3)."""
+    fs, path = filesystem(uri, config)
+    if is_remote(normalize_uri(uri)):
+        with_retries(lambda: fs.pipe_file(path, text.encode()), f"writing {uri}", config=config)
+        return
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}")
+    temporary.write_text(text)
+    temporary.replace(target)
 
 
 def _clear_stale_staging(parent: Path, name: str) -> None:
@@ -178,7 +238,7 @@ def atomic_output_dir(uri: str, kind: str, config: StorageConfig | None = None) 
     remote = is_remote(uri)
     if remote:
         fs, path = filesystem(uri, config)
-        occupied = with_retries(lambda: fs.exists(path) and bool(fs.ls(path)), f"checking {uri}")
+        occupied = with_retries(lambda: fs.exists(path) and bool(fs.ls(path)), f"checking {uri}", config=config)
         if occupied and not is_complete(uri, config):
             raise KubetuneError(f"output {uri} exists and is not a kubetune {kind} output; choose another path")
         staging = Path(tempfile.mkdtemp(prefix=f"kubetune-{kind}-"))
@@ -195,7 +255,7 @@ def atomic_output_dir(uri: str, kind: str, config: StorageConfig | None = None) 
         (staging / COMPLETE_MARKER).write_text(f"{kind}\n")
         if remote:
             with_retries(lambda: fs.rm(f"{path}/{COMPLETE_MARKER}") if fs.exists(f"{path}/{COMPLETE_MARKER}") else None,
-                         f"unmarking {uri}")
+                         f"unmarking {uri}", config=config)
             upload_dir(staging, uri, config)
         else:
             _swap_in(staging, out)

@@ -1,0 +1,89 @@
+"""Serialize: one text per table row, e.g. `supplier: ACME Ltd, amount: 1125.00, date: 2019-03-31`.
+
+The text follows `serialize.text_columns` (default: every column but the label), in that order,
+joined by `serialize.separator`, each part `column: value` or, without
+`serialize.include_column_names`, the value alone.
+
+Values are formatted so the same value always gives the same text, whatever the file format it
+came from (a tokenizer sees `1125`, `1125.0` and `1.125e3` as different words):
+
+| value | text |
+|---|---|
+| missing: null, NaN, NaT, empty or blank string | skipped (no part at all, no separator) |
+| whole number (int) | `1125`, `-3` (no thousands separator) |
+| float, decimal | fixed point with two decimals, no exponent: `1125.0` → `1125.00`, `0.125` → `0.12` (round half to even), `-0.0` → `0.00`, `1e20` → `100000000000000000000.00`; amounts are money, and a column that needs more precision should be given as text |
+| infinity | `inf`, `-inf` |
+| bool | `true`, `false` |
+| date | `2019-03-31` |
+| date-time | `2019-03-31` at midnight, else `2019-03-31 14:05:09` (seconds; fractions dropped; `+01:00` when it has a time zone) |
+| text | as written, with runs of white space (newlines, tabs) made one space and ends trimmed |
+
+CSV and JSON Lines values that are text stay text: a CSV amount written `997.5` is not reformatted.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import json
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+
+def format_value(value: Any) -> str | None:
+    """The text of one value, or None when it is missing (see the module docstring)."""
+    if value is None or value is pd.NA or value is pd.NaT:
+        return None
+    if isinstance(value, str):
+        text = " ".join(value.split())
+        return text or None
+    if isinstance(value, bool | np.bool_):
+        return "true" if value else "false"
+    if isinstance(value, int | np.integer):
+        return str(int(value))
+    if isinstance(value, float | np.floating | decimal.Decimal):
+        number = float(value)
+        if math.isnan(number):
+            return None
+        if math.isinf(number):
+            return "inf" if number > 0 else "-inf"
+        text = f"{number:.2f}"
+        return "0.00" if text == "-0.00" else text
+    if isinstance(value, dt.datetime):  # before date: a datetime is a date too
+        if value.time() == dt.time(0) and value.tzinfo is None:
+            return value.date().isoformat()
+        return value.replace(microsecond=0).isoformat(sep=" ")
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    if isinstance(value, dt.time):
+        return value.replace(microsecond=0).isoformat()
+    if isinstance(value, np.datetime64):
+        return format_value(pd.Timestamp(value).to_pydatetime())
+    if isinstance(value, Mapping | list | tuple):
+        return json.dumps(value, ensure_ascii=False, sort_keys=True, default=str)
+    return format_value(str(value))
+
+
+def serialize_row(values: Mapping[str, Any], columns: Sequence[str], separator: str, include_column_names: bool) -> str:
+    parts = []
+    for column in columns:
+        text = format_value(values[column])
+        if text is not None:
+            parts.append(f"{column}: {text}" if include_column_names else text)
+    return separator.join(parts)
+
+
+def serialize_batch(
+    batch: Mapping[str, list], columns: Sequence[str], separator: str, include_column_names: bool
+) -> dict[str, list[str]]:
+    """datasets.map function (batched): the `text` of each row; `columns` is not empty."""
+    rows = len(batch[columns[0]])
+    return {
+        "text": [
+            serialize_row({c: batch[c][i] for c in columns}, columns, separator, include_column_names) for i in range(rows)
+        ]
+    }
