@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint compile bench tools clean
+.PHONY: install demo test lint compile bench tools checkov check-image-requirements clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,11 +22,27 @@ install: $(STAMP)
 tools:
 	@command -v kubectl >/dev/null || { apt-get update -qq && apt-get install -y -qq kubernetes-client >/dev/null; }
 
+# checkov scans k8s/ and docker/ in the tests. Its own venv: its pins (boto3, botocore, packaging)
+# would downgrade ours.
+CHECKOV_VENV ?= .venv-checkov
+CHECKOV_VERSION ?= 3.3.30
+$(CHECKOV_VENV)/.installed:
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip install --quiet checkov==$(CHECKOV_VERSION)
+	touch $@
+
+checkov: $(CHECKOV_VENV)/.installed
+
+# The images' pinned requirements exist for their Python and platform (pip --dry-run, no wheel downloaded).
+check-image-requirements: install
+	$(BIN)/python docker/check_requirements.py
+
 demo: install
 	$(BIN)/kubetune run
 
-test: install tools
+test: install tools checkov
 	$(BIN)/python -m pytest -q
+	$(BIN)/python docker/check_requirements.py
 
 lint: install
 	$(BIN)/ruff check src tests bench
@@ -35,4 +51,4 @@ compile: install
 	$(BIN)/kubetune compile
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) $(CHECKOV_VENV) runs .pytest_cache

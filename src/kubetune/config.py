@@ -332,6 +332,11 @@ class StorageConfig(Section):
     )
     region: str | None = Field(None, description="S3 region; unset: $AWS_DEFAULT_REGION.")
     max_retries: int = Field(5, ge=0, description="Retries of a failed object-storage call, with exponential backoff.")
+    runs_uri: str = Field(
+        "runs",
+        description="Where each pipeline run's training output (checkpoints, model) goes: <runs_uri>/<run id>/train. "
+        "A local folder for `kubetune run`; an s3:// URI that the training pods can reach on a cluster.",
+    )
 
 
 # ----------------------------------------------------------------------------------------- cluster
@@ -368,6 +373,12 @@ class ClusterConfig(Section):
     timeout_seconds: int = Field(86400, gt=0, description="The train step fails (and deletes the job) after this long.")
     ttl_seconds_after_finished: int = Field(86400, ge=0, description="The finished job is deleted after this long.")
     clean_pod_policy: Literal["None", "Running", "All"] = Field("Running", description="Pods deleted when the job ends.")
+    experiment: str | None = Field(
+        None,
+        min_length=1,
+        description="Kubeflow Pipelines experiment of the runs `kubetune submit` and `kubetune schedule` create; "
+        "unset: `tracking.experiment_name`, so a run's KFP and MLflow experiments share one name.",
+    )
 
 
 # ----------------------------------------------------------------------------------------- the run

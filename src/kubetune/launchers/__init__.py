@@ -39,7 +39,18 @@ class Launcher(Protocol):
 
 
 # launcher name (cluster.launcher) → "module:class"
-LAUNCHERS: dict[str, str] = {}
+LAUNCHERS: dict[str, str] = {
+    "pytorchjob": "kubetune.launchers.pytorchjob:PyTorchJobLauncher",
+}
+
+
+def write_run_config(request: TrainRequest) -> str:
+    """Put the resolved config at <output>/config.yaml, where the trainer (on any node) reads it."""
+    from kubetune import storage
+
+    uri = f"{request.output_uri.rstrip('/')}/config.yaml"
+    storage.write_text(uri, request.config.to_yaml(), request.config.storage)
+    return uri
 
 
 def get_launcher(name: str) -> Launcher:
