@@ -68,7 +68,10 @@ def train_bpe_tokenizer(directory: Path, vocab_size: int = 400):
 
 
 def make_tiny_bert(directory: Path) -> Path:
+    import torch
     from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)  # the same weights whatever ran before: tests that train assert learning margins
 
     tokenizer = train_wordpiece_tokenizer(directory)
     config = BertConfig(
@@ -80,7 +83,10 @@ def make_tiny_bert(directory: Path) -> Path:
 
 
 def make_tiny_qwen2(directory: Path) -> Path:
+    import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
 
     tokenizer = train_bpe_tokenizer(directory)
     config = Qwen2Config(

@@ -21,6 +21,7 @@ COMMANDS: dict[str, str] = {
     "preprocess": "preprocess",
     "tokenize": "tokenize",
     "demo-data": "demo_data",
+    "train": "train",
 }
 
 

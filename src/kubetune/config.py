@@ -265,7 +265,8 @@ class TrainingConfig(Section):
     group_by_length: bool = Field(
         True, description="Batch rows of similar length together so little padding is computed."
     )
-    pad_to_multiple_of: int | None = Field(8, gt=0, description="Round each padded batch up to a multiple of this (tensor-core friendly).")
+    pad_to_multiple_of: int | None = Field(8, gt=0, description="On a GPU, round each padded batch up to a multiple of this (tensor-core friendly); "
+        "not applied on a CPU, where it would only add padding.")
     dataloader_num_workers: int = Field(0, ge=0, description="Data-loader worker processes per rank.")
     early_stopping_patience: int | None = Field(
         None, gt=0, description="Stop after this many evaluations without improvement; unset: never."
