@@ -22,6 +22,9 @@ COMMANDS: dict[str, str] = {
     "tokenize": "tokenize",
     "demo-data": "demo_data",
     "train": "train",
+    "evaluate": "evaluate",
+    "run": "run",
+    "compile": "compile",
 }
 
 

@@ -40,6 +40,7 @@ class Launcher(Protocol):
 
 # launcher name (cluster.launcher) → "module:class"
 LAUNCHERS: dict[str, str] = {
+    "local": "kubetune.launchers.local:LocalLauncher",
     "pytorchjob": "kubetune.launchers.pytorchjob:PyTorchJobLauncher",
 }
 

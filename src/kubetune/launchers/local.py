@@ -1,0 +1,68 @@
+"""The `local` launcher: torchrun on this machine, the way the PyTorchJob runs it in each pod.
+
+Without a GPU, torchrun starts `cluster.gpus_per_worker` CPU ranks (DeepSpeed's CPU accelerator and
+gloo), so the distributed path that runs on the cluster is the one exercised here.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+
+from kubetune.errors import KubetuneError
+from kubetune.launchers import TrainRequest, TrainResult, write_run_config
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def torchrun_command(request: TrainRequest, config_uri: str) -> list[str]:
+    nproc = request.config.cluster.gpus_per_worker
+    return [
+        sys.executable, "-m", "torch.distributed.run",
+        "--nnodes", "1", "--nproc_per_node", str(nproc),
+        "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
+        "-m", "kubetune", "train", "--config", config_uri, "--data", request.data_uri, "--output", request.output_uri,
+    ]
+
+
+def trainer_environment(request: TrainRequest) -> dict[str, str]:
+    env = {**os.environ, **request.env, "KUBETUNE_RUN_ID": request.run_id}
+    if request.mlflow_run_id:
+        env["MLFLOW_RUN_ID"] = request.mlflow_run_id
+    cores = os.cpu_count() or 1
+    # torchrun would pin every rank to one thread; give each rank its share of the cores instead.
+    env.setdefault("OMP_NUM_THREADS", str(max(1, cores // request.config.cluster.gpus_per_worker)))
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return env
+
+
+class LocalLauncher:
+    def launch(self, request: TrainRequest) -> TrainResult:
+        config_uri = write_run_config(request)
+        command = torchrun_command(request, config_uri)
+        print("launching: " + " ".join(command[1:]), flush=True)
+        # Own process group: a cancelled step stops every rank, and torchrun passes SIGTERM on so the
+        # trainer can save a checkpoint first.
+        process = subprocess.Popen(command, env=trainer_environment(request), start_new_session=True)
+        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+        def forward(signum: int, _frame: object) -> None:
+            os.killpg(process.pid, signal.SIGTERM)
+
+        for sig in previous:
+            signal.signal(sig, forward)
+        try:
+            code = process.wait()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        if code != 0:
+            raise KubetuneError(f"training failed (torchrun exit code {code}); the trainer's log above says why")
+        return TrainResult(output_uri=request.output_uri)

@@ -1,0 +1,100 @@
+"""The KFP components: typed signatures, each one call into kubetune.pipeline.steps.
+
+They run in the kubetune images, which have everything installed: nothing is pip-installed when a
+step starts (many clusters are air-gapped). The function bodies are shipped as source inside the
+compiled YAML, so they import what they use.
+"""
+
+
+from typing import NamedTuple
+
+from kfp import dsl
+from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model, Output
+
+from kubetune.images import COMPONENT_IMAGE, TRAINER_IMAGE
+
+
+@dsl.component(base_image=COMPONENT_IMAGE, install_kfp_package=False)
+def validate(
+    config: str,
+    overrides: list,
+    data_uri: str,
+    base_model: str,
+    epochs: float,
+    learning_rate: float,
+    workers: int,
+    gpus_per_worker: int,
+    launcher: str,
+    run_id: str,
+    kfp_run_id: str = dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+) -> NamedTuple(
+    "ValidateOutputs",
+    [("preprocess_config", str), ("tokenize_config", str), ("run_config", str), ("data_fingerprint", str),
+     ("mlflow_run_id", str), ("run_id", str)],
+):
+    """Resolve the config, check the data exists, fingerprint it and open the run's MLflow run."""
+    from kubetune.pipeline.steps import run_step, validate_step
+
+    outputs = run_step("validate", lambda: validate_step(
+        config, overrides, data_uri, base_model, epochs, learning_rate, workers, gpus_per_worker, launcher,
+        run_id or kfp_run_id,
+    ))
+    return tuple(outputs[name] for name in (
+        "preprocess_config", "tokenize_config", "run_config", "data_fingerprint", "mlflow_run_id", "run_id"))
+
+
+@dsl.component(base_image=COMPONENT_IMAGE, install_kfp_package=False)
+def preprocess(config: str, data_fingerprint: str, dataset: Output[Dataset]):
+    """Load, split, labelize and serialize the data (`data_fingerprint` makes KFP's cache content-aware)."""
+    from kubetune.pipeline.steps import preprocess_step, run_step
+
+    summary = run_step("preprocess", lambda: preprocess_step(config, dataset.path))
+    dataset.metadata.update(summary)
+
+
+@dsl.component(base_image=COMPONENT_IMAGE, install_kfp_package=False)
+def tokenize(config: str, data: Input[Dataset], dataset: Output[Dataset], diagnostics: Output[Markdown]):
+    """Tokenize the text; the token-length diagnostics show in the KFP UI."""
+    from kubetune.pipeline.steps import run_step, tokenize_step
+
+    run_step("tokenize", lambda: tokenize_step(config, data.path, dataset.path, diagnostics.path))
+
+
+@dsl.component(base_image=COMPONENT_IMAGE, install_kfp_package=False)
+def train(
+    config: str, data: Input[Dataset], run_id: str, mlflow_run_id: str, model: Output[Model], metrics: Output[Metrics]
+):
+    """Train through the launcher named by cluster.launcher (local torchrun, or a Kubeflow PyTorchJob)."""
+    from kubetune.pipeline.steps import run_step, train_step
+
+    # The PyTorchJob's pods read the tokenized data from object storage: hand them its URI, not the mount.
+    final = run_step("train", lambda: train_step(config, data.uri, run_id, mlflow_run_id, model.path))
+    for name, value in final.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            metrics.log_metric(name, float(value))
+
+
+@dsl.component(base_image=TRAINER_IMAGE, install_kfp_package=False)
+def evaluate(
+    config: str,
+    model: Input[Model],
+    data: Input[Dataset],
+    mlflow_run_id: str,
+    metrics: Output[Metrics],
+    classification: Output[ClassificationMetrics],
+    report: Output[HTML],
+    evaluation: Output[Artifact],
+):
+    """Score the test split: metrics, the confusion matrix, and an HTML report."""
+    import shutil
+
+    from kubetune.pipeline.steps import evaluate_step, run_step
+
+    result = run_step("evaluate", lambda: evaluate_step(config, model.path, data.path, evaluation.path, mlflow_run_id))
+    for name, value in result.metrics.items():
+        metrics.log_metric(name, float(value))
+    classification.log_confusion_matrix(list(result.confusion_labels), [list(row) for row in result.confusion_matrix])
+    shutil.copyfile(result.report_path, report.path)
+
+
+COMPONENTS = {"validate": validate, "preprocess": preprocess, "tokenize": tokenize, "train": train, "evaluate": evaluate}

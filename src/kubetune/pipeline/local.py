@@ -1,0 +1,253 @@
+"""`kubetune run`: the Kubeflow pipeline, executed on this machine by kfp.local.
+
+The very pipeline that runs on a cluster runs here, step by step, each step a subprocess
+(kfp.local's SubprocessRunner, no containers); training goes through the `local` launcher (torchrun,
+CPU ranks without a GPU), MLflow tracks into a SQLite store and artifacts stay in a local folder:
+
+    runs/
+      mlflow.db, mlartifacts/     the MLflow store (`mlflow ui --backend-store-uri sqlite:///runs/mlflow.db`)
+      kfp/                        each pipeline run's step outputs (kfp.local's pipeline root)
+      kfp-cache/                  kfp.local's step cache: same inputs → preprocess and tokenize are skipped
+      <run id>/train/             the trainer's checkpoints and final model
+      <run id>/summary.json       what the run printed at the end
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import secrets
+import sys
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from kubetune import storage
+from kubetune.config import RunConfig, load_config
+from kubetune.console import format_table
+from kubetune.errors import KubetuneError
+from kubetune.pipeline.steps import TIMINGS_ENV
+
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+STEPS = ("validate", "preprocess", "tokenize", "train", "evaluate")
+
+
+@dataclass
+class LocalRunSummary:
+    run_id: str
+    runs_dir: str
+    seconds: float
+    step_seconds: dict[str, float | None]  # None: served from kfp.local's cache
+    test_metrics: dict[str, float] = field(default_factory=dict)
+    model_dir: str = ""
+    report: str = ""
+    evaluation_dir: str = ""
+    mlflow_tracking_uri: str = ""
+    mlflow_run_id: str = ""
+
+
+def new_run_id() -> str:
+    return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
+
+
+def absolute_local_uris(config: RunConfig) -> RunConfig:
+    """Relative data paths are read from where `kubetune run` was started, not from a step's cwd."""
+    updates = {}
+    for key in ("uri", "validation_uri", "test_uri"):
+        value = getattr(config.data, key)
+        if value and not storage.is_remote(value) and "://" not in value:
+            updates[key] = str(Path(value).expanduser().resolve())
+    if updates:
+        config.data = config.data.model_copy(update=updates)
+    config.storage = config.storage.model_copy(update={"runs_uri": str(Path(config.storage.runs_uri).expanduser().resolve())})
+    return config
+
+
+def run_local(config_path: str | None, overrides: list[str], run_id: str | None = None) -> LocalRunSummary:
+    """Run the whole pipeline here; raise KubetuneError with the failing step's message on failure."""
+    # Validate here first: a config error is reported before kfp.local starts anything.
+    config = absolute_local_uris(load_config(config_path or DEFAULT_CONFIG, overrides))
+    if config.cluster.launcher != "local":
+        config.cluster = config.cluster.model_copy(update={"launcher": "local"})
+    if storage.is_remote(config.storage.runs_uri):
+        raise KubetuneError("storage.runs_uri: `kubetune run` keeps its outputs in a local folder; set a local path")
+    runs_dir = Path(config.storage.runs_uri)
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    run_id = run_id or new_run_id()
+    run_dir = runs_dir / run_id
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+    tracking_uri = _local_tracking(config, runs_dir)
+    timings_file = run_dir / "step_timings.jsonl"
+    env = {TIMINGS_ENV: str(timings_file), "TQDM_MININTERVAL": "10", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+    if tracking_uri:
+        env["MLFLOW_TRACKING_URI"] = tracking_uri
+
+    from kfp import local
+
+    from kubetune.pipeline.pipeline import kubetune_pipeline_for
+
+    local.init(
+        runner=local.SubprocessRunner(use_venv=False),
+        pipeline_root=str(runs_dir / "kfp"),
+        enable_caching=True,
+        cache_root=str(runs_dir / "kfp-cache"),
+        raise_on_error=True,
+    )
+    pipeline = kubetune_pipeline_for(config.cluster)  # kfp.local ignores the Kubernetes settings
+    # The steps name the kubetune image; here they run in this very environment, which has kubetune.
+    warnings.filterwarnings("ignore", message="You may be attemping to run a task that uses custom",
+                            category=RuntimeWarning)
+    warnings.filterwarnings("ignore", message=r"Task .* have no effect in the current local runner", category=UserWarning)
+    started = time.perf_counter()
+    print(f"kubetune run {run_id}: {' → '.join(STEPS)}  (outputs in {runs_dir})", flush=True)
+    log = _StepLogFilter(sys.stdout)
+    try:
+        with _environment(env), contextlib.redirect_stdout(log):
+            task = pipeline(config=config.to_yaml(), overrides=[], launcher="local", run_id=run_id)
+    except RuntimeError as exc:
+        raise KubetuneError(f"the pipeline failed: {_failure_reason(exc, log)}") from None
+    finally:
+        log.flush()
+    elapsed = time.perf_counter() - started
+
+    summary = _summarize(task, run_id, runs_dir, elapsed, timings_file, tracking_uri)
+    (run_dir / "summary.json").write_text(json.dumps(asdict(summary), indent=2) + "\n")
+    return summary
+
+
+def _local_tracking(config: RunConfig, runs_dir: Path) -> str | None:
+    """The MLflow store of local runs: the config's or the environment's, else SQLite under runs/."""
+    if not config.tracking.enable:
+        return None
+    configured = config.tracking.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if configured:
+        return configured
+    uri = f"sqlite:///{runs_dir / 'mlflow.db'}"
+    from kubetune.tracking import quick_failing_client_env
+
+    quick_failing_client_env()
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    if client.get_experiment_by_name(config.tracking.experiment_name) is None:
+        # Artifacts beside the database, not in ./mlruns of whatever directory a step runs in.
+        client.create_experiment(config.tracking.experiment_name, artifact_location=(runs_dir / "mlartifacts").as_uri())
+    return uri
+
+
+@contextlib.contextmanager
+def _environment(values: dict[str, str]):
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+class _StepLogFilter(io.TextIOBase):
+    """Pass the steps' logs through, minus kfp.local's dumps of each step's executor input JSON and
+    of each task's outputs (the confusion matrix of hundreds of classes is thousands of characters);
+    the summary at the end says where everything is."""
+
+    def __init__(self, target: TextIO):
+        self.target = target
+        self.pending = ""
+        self.skip_until: str | None = None  # the line that ends the block being skipped
+        self.json_block = False
+        self.step_errors: list[str] = []
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        self.pending += text
+        *lines, self.pending = self.pending.split("\n")
+        for line in lines:
+            self._line(line)
+        return len(text)
+
+    def _line(self, line: str) -> None:
+        if self.json_block:
+            # The JSON's first line is its opening brace: its indentation marks the closing one.
+            self.json_block = False
+            self.skip_until = line.rstrip().replace("{", "}")
+            return
+        if self.skip_until is not None:
+            if line.rstrip() == self.skip_until or (self.skip_until == "-" and set(line.strip()) == {"-"}):
+                self.skip_until = None
+            return
+        if "Got executor_input:" in line:
+            self.json_block = True
+            return
+        if "Wrote executor output file" in line or "Looking for component `" in line or "Loading KFP component \"" in line:
+            return
+        if line.rstrip().endswith(" outputs:") and " - INFO - Task " in line:
+            self.skip_until = "-"  # kfp.local ends the block with a horizontal line
+            return
+        if "kubetune: error:" in line:
+            self.step_errors.append(line.strip().split("kubetune: error:", 1)[1].strip())
+        self.target.write(line + "\n")
+        self.target.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            self._line(self.pending)
+            self.pending = ""
+        self.target.flush()
+
+
+def _failure_reason(exc: RuntimeError, log: _StepLogFilter) -> str:
+    if log.step_errors:
+        return log.step_errors[-1]
+    return str(exc).strip().splitlines()[-1] if str(exc).strip() else "a step failed (see its log above)"
+
+
+def _summarize(task: Any, run_id: str, runs_dir: Path, elapsed: float, timings_file: Path,
+               tracking_uri: str | None) -> LocalRunSummary:
+    ran: dict[str, float] = {}
+    if timings_file.exists():
+        for line in timings_file.read_text().splitlines():
+            entry = json.loads(line)
+            ran[entry["step"]] = entry["seconds"]
+    model_dir = Path(task.outputs["model"].path)
+    evaluation_dir = Path(task.outputs["evaluation"].path)
+    metrics_file = evaluation_dir / "metrics.json"
+    test_metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
+    # The same page as the step's HTML artifact, under a name a browser opens by double-click.
+    report = evaluation_dir / "report.html"
+    mlflow_run_id = ""
+    metadata = model_dir / "model_metadata.json"
+    if metadata.exists():
+        mlflow_run_id = json.loads(metadata.read_text()).get("mlflow_run_id", "") or ""
+    return LocalRunSummary(
+        run_id=run_id, runs_dir=str(runs_dir), seconds=round(elapsed, 1),
+        step_seconds={step: ran.get(step) for step in STEPS},
+        test_metrics={k: v for k, v in test_metrics.items() if isinstance(v, (int, float))},
+        model_dir=str(model_dir), report=str(report), evaluation_dir=str(evaluation_dir),
+        mlflow_tracking_uri=tracking_uri or "", mlflow_run_id=mlflow_run_id,
+    )
+
+
+def format_summary(summary: LocalRunSummary) -> str:
+    steps = [(step, f"{seconds:.1f}" if seconds is not None else "cached") for step, seconds in summary.step_seconds.items()]
+    lines = [format_table(["step", "seconds"], steps + [("total", f"{summary.seconds:.1f}")], title=f"run {summary.run_id}")]
+    if summary.test_metrics:
+        shown = [(name, value) for name, value in summary.test_metrics.items()]
+        lines.append(format_table(["test metric", "value"], shown))
+    lines.append(f"model:       {summary.model_dir}")
+    lines.append(f"report:      {summary.report}")
+    if summary.mlflow_tracking_uri:
+        lines.append(f"MLflow run:  {summary.mlflow_run_id or '(see the experiment)'} in {summary.mlflow_tracking_uri}")
+        if summary.mlflow_tracking_uri.startswith("sqlite:///"):
+            lines.append(f"open it:     mlflow ui --backend-store-uri {summary.mlflow_tracking_uri}")
+    return "\n".join(lines)

@@ -1,0 +1,222 @@
+"""What each pipeline step does, in plain Python: the KFP components are one-line wrappers over these.
+
+The steps receive the run config as YAML text. The first step (`validate`) resolves the user's config,
+overrides and pipeline parameters once, checks the data, fingerprints it and opens the pipeline's
+MLflow run; it hands each later step only the config sections that step uses, so that KFP's cache
+(keyed on a step's inputs) re-runs preprocess and tokenize only when something they depend on changed
+— a new learning rate doesn't re-tokenize, and new data under the same URI does (the fingerprint).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from kubetune.config import RunConfig, config_from_yaml_text, deep_merge, parse_overrides, validate_config
+from kubetune.errors import EXIT_USER_ERROR, KubetuneError
+
+T = TypeVar("T")
+
+# Config sections each cached step depends on (its cache key is these, plus its input artifacts).
+PREPROCESS_SECTIONS = ("data", "split", "serialize", "storage")
+TOKENIZE_SECTIONS = ("tokenize", "storage")
+
+# Set by `kubetune run`: each step appends its wall time here (steps served from the cache don't run).
+TIMINGS_ENV = "KUBETUNE_STEP_TIMINGS"
+
+
+def run_step(name: str, body: Callable[[], T]) -> T:
+    """Run a step body; a user error ends the step with the CLI's one-line message and exit code 2."""
+    started = time.perf_counter()
+    try:
+        result = body()
+    except KubetuneError as error:
+        for line in str(error).splitlines():
+            print(f"kubetune: error: {line}", file=sys.stderr, flush=True)
+        raise SystemExit(EXIT_USER_ERROR) from None
+    _record_timing(name, time.perf_counter() - started)
+    return result
+
+
+def _record_timing(step: str, seconds: float) -> None:
+    path = os.environ.get(TIMINGS_ENV)
+    if path:
+        with open(path, "a") as handle:
+            handle.write(json.dumps({"step": step, "seconds": round(seconds, 2)}) + "\n")
+
+
+# --------------------------------------------------------------------------------------- the config
+def read_config_source(config: str) -> dict[str, Any]:
+    """The `config` pipeline parameter: YAML text, or the path / s3:// URI of a YAML file, or empty."""
+    text = config.strip()
+    if not text:
+        return {}
+    single_line = "\n" not in text
+    if single_line and (text.startswith(("s3://", "minio://", "/", "./", "../")) or text.endswith((".yaml", ".yml"))):
+        from kubetune.config import read_yaml
+
+        return read_yaml(text)
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise KubetuneError(f"config: the `config` parameter is not valid YAML ({exc.__class__.__name__})") from None
+    if not isinstance(data, dict):
+        raise KubetuneError("config: the `config` parameter must be YAML sections (data, split, ...) or a path/URI of a YAML file")
+    return data
+
+
+def resolve_run_config(
+    config: str,
+    overrides: list[str] | None = None,
+    *,
+    data_uri: str = "",
+    base_model: str = "",
+    epochs: float = 0.0,
+    learning_rate: float = 0.0,
+    workers: int = 0,
+    gpus_per_worker: int = 0,
+    launcher: str = "",
+) -> RunConfig:
+    """The config, then `overrides`, then the explicit pipeline parameters that are set (empty/0: unset)."""
+    data = read_config_source(config)
+    data = deep_merge(data, parse_overrides(overrides or []))
+    explicit = {
+        "data.uri": data_uri,
+        "model.name": base_model,
+        "training.epochs": epochs,
+        "training.learning_rate": learning_rate,
+        "cluster.workers": workers,
+        "cluster.gpus_per_worker": gpus_per_worker,
+        "cluster.launcher": launcher,
+    }
+    for key, value in explicit.items():
+        if value not in ("", 0, 0.0, None):
+            section, field = key.split(".")
+            data = deep_merge(data, {section: {field: value}})
+    return validate_config(data, source="pipeline parameters")
+
+
+def sections_yaml(config: RunConfig, sections: tuple[str, ...]) -> str:
+    """Only `sections` of the config, as YAML: the input of a step that uses just those."""
+    dumped = yaml.safe_load(config.to_yaml())
+    return yaml.safe_dump({name: dumped[name] for name in sections}, sort_keys=True)
+
+
+def tokenize_config_yaml(config: RunConfig) -> str:
+    """The tokenize step's config: its section with the tokenizer resolved (so `model.name` is not needed)."""
+    dumped = yaml.safe_load(config.to_yaml())
+    chosen = {name: dumped[name] for name in TOKENIZE_SECTIONS}
+    chosen["tokenize"]["model_name"] = config.tokenizer_name
+    return yaml.safe_dump(chosen, sort_keys=True)
+
+
+# --------------------------------------------------------------------------------------- the steps
+def validate_step(
+    config: str,
+    overrides: list[str],
+    data_uri: str,
+    base_model: str,
+    epochs: float,
+    learning_rate: float,
+    workers: int,
+    gpus_per_worker: int,
+    launcher: str,
+    run_id: str,
+) -> dict[str, str]:
+    """Resolve and check everything a run needs before any expensive step starts."""
+    resolved = resolve_run_config(
+        config, overrides, data_uri=data_uri, base_model=base_model, epochs=epochs, learning_rate=learning_rate,
+        workers=workers, gpus_per_worker=gpus_per_worker, launcher=launcher,
+    )
+    for warning in resolved.warnings:
+        print(f"kubetune: warning: {warning}", file=sys.stderr, flush=True)
+    if not resolved.data.uri:
+        raise KubetuneError("data.uri: no data given; set data.uri in the config or the data_uri pipeline parameter")
+    from kubetune.data.stages import input_fingerprint
+    from kubetune.tracking import ensure_pipeline_run
+
+    fingerprint = input_fingerprint(resolved)
+    mlflow_run_id = ensure_pipeline_run(resolved, run_id) or ""
+    print(f"config valid; data fingerprint {fingerprint}; run {run_id}; MLflow run {mlflow_run_id or '(not tracked)'}", flush=True)
+    return {
+        "preprocess_config": sections_yaml(resolved, PREPROCESS_SECTIONS),
+        "tokenize_config": tokenize_config_yaml(resolved),
+        "run_config": resolved.to_yaml(),
+        "data_fingerprint": fingerprint,
+        "mlflow_run_id": mlflow_run_id,
+        "run_id": run_id,
+    }
+
+
+def preprocess_step(config: str, output_path: str) -> dict[str, Any]:
+    from kubetune.data.stages import preprocess
+
+    result = preprocess(config_from_yaml_text(config, "preprocess config"), output_uri=output_path)
+    return {"rows": dict(result.rows), "num_real_labels": result.num_real_labels, "max_classes": result.max_classes}
+
+
+def tokenize_step(config: str, input_path: str, output_path: str, diagnostics_path: str) -> None:
+    from kubetune.data.stages import tokenize
+    from kubetune.data.tokenization import diagnostics_markdown
+
+    tokenize(config_from_yaml_text(config, "tokenize config"), input_uri=input_path, output_uri=output_path)
+    diagnostics = json.loads((Path(output_path) / "tokenize_diagnostics.json").read_text())
+    Path(diagnostics_path).write_text(diagnostics_markdown(diagnostics))
+
+
+def train_step(config: str, data_uri: str, run_id: str, mlflow_run_id: str, model_path: str) -> dict[str, float]:
+    """Run the trainer through the configured launcher; copy the final model into the step's artifact."""
+    from kubetune import storage
+    from kubetune.launchers import TrainRequest, get_launcher
+
+    resolved = config_from_yaml_text(config, "run config")
+    output_uri = train_output_uri(resolved, run_id)
+    request = TrainRequest(
+        config=resolved, data_uri=storage.normalize_uri(data_uri), output_uri=output_uri,
+        run_id=run_id, mlflow_run_id=mlflow_run_id or None,
+    )
+    result = get_launcher(resolved.cluster.launcher).launch(request)
+    with _local_copy(f"{result.output_uri.rstrip('/')}/model", resolved) as model_dir:
+        shutil.copytree(model_dir, model_path, dirs_exist_ok=True)
+    metrics_file = Path(model_path) / "training_metrics.json"
+    return json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
+
+
+def train_output_uri(config: RunConfig, run_id: str) -> str:
+    """Where the trainer of run `run_id` writes (checkpoints and model): stable across step retries."""
+    from kubetune import storage
+
+    root = config.storage.runs_uri
+    if not storage.is_remote(root):
+        root = str(Path(root).expanduser().resolve())
+    return f"{root.rstrip('/')}/{run_id}/train"
+
+
+@contextlib.contextmanager
+def _local_copy(uri: str, config: RunConfig) -> Iterator[Path]:
+    import tempfile
+
+    from kubetune import storage
+
+    if not storage.is_remote(uri):
+        yield Path(uri)
+        return
+    with tempfile.TemporaryDirectory(prefix="kubetune-model-") as scratch:
+        yield storage.download(uri, scratch, config.storage)
+
+
+def evaluate_step(config: str, model_path: str, data_path: str, output_path: str, mlflow_run_id: str) -> Any:
+    from kubetune.evaluation import evaluate
+
+    resolved = config_from_yaml_text(config, "run config")
+    return evaluate(resolved, model_uri=model_path, data_uri=data_path, output_uri=output_path,
+                    mlflow_run_id=mlflow_run_id or None)

@@ -1,0 +1,113 @@
+"""The compiled pipeline and components committed under pipelines/ and components/."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from kfp import components
+
+from kubetune.pipeline.compile import COMPONENTS_DIR, PIPELINE_FILE, compile_all
+
+REPO = Path(__file__).resolve().parents[2]
+COMPONENT_NAMES = ("validate", "preprocess", "tokenize", "train", "evaluate")
+
+
+def test_committed_yaml_is_what_kubetune_compile_writes(tmp_path):
+    written = compile_all(tmp_path)
+    stale = [
+        str(path.relative_to(tmp_path)) for path in written
+        if not (REPO / path.relative_to(tmp_path)).exists()
+        or (REPO / path.relative_to(tmp_path)).read_text() != path.read_text()
+    ]
+    assert not stale, f"stale compiled YAML (run `kubetune compile` and commit): {stale}"
+
+
+@pytest.fixture(scope="module")
+def pipeline_spec():
+    return components.load_component_from_file(str(REPO / PIPELINE_FILE))
+
+
+def test_pipeline_declares_the_user_parameters(pipeline_spec):
+    inputs = {name: spec.type for name, spec in pipeline_spec.component_spec.inputs.items()}
+    assert inputs == {
+        "config": "String", "overrides": "List", "data_uri": "String", "base_model": "String",
+        "epochs": "Float", "learning_rate": "Float", "workers": "Integer", "gpus_per_worker": "Integer",
+        "launcher": "String", "run_id": "String",
+    }
+    assert all(spec.optional for spec in pipeline_spec.component_spec.inputs.values())
+
+
+def test_pipeline_tasks_run_in_order_and_pass_artifacts(pipeline_spec):
+    tasks = pipeline_spec.pipeline_spec.root.dag.tasks
+    assert set(tasks) == set(COMPONENT_NAMES)
+    assert set(tasks["preprocess"].dependent_tasks) == {"validate"}
+    assert set(tasks["tokenize"].dependent_tasks) == {"validate", "preprocess"}
+    assert set(tasks["train"].dependent_tasks) == {"validate", "tokenize"}
+    assert set(tasks["evaluate"].dependent_tasks) == {"validate", "train", "tokenize"}
+    model_input = tasks["evaluate"].inputs.artifacts["model"].task_output_artifact
+    assert (model_input.producer_task, model_input.output_artifact_key) == ("train", "model")
+
+
+def test_only_the_data_steps_are_cached(pipeline_spec):
+    tasks = pipeline_spec.pipeline_spec.root.dag.tasks
+    cached = {name for name, task in tasks.items() if task.caching_options.enable_cache}
+    assert cached == {"preprocess", "tokenize"}
+
+
+def test_pipeline_outputs_and_artifact_types(pipeline_spec):
+    outputs = {name: spec.type for name, spec in pipeline_spec.component_spec.outputs.items()}
+    assert outputs == {"model": "system.Model@0.0.1", "evaluation": "system.Artifact@0.0.1", "report": "system.HTML@0.0.1"}
+    expected = {
+        "preprocess": {"dataset": "system.Dataset@0.0.1"},
+        "tokenize": {"dataset": "system.Dataset@0.0.1", "diagnostics": "system.Markdown@0.0.1"},
+        "train": {"model": "system.Model@0.0.1", "metrics": "system.Metrics@0.0.1"},
+        "evaluate": {
+            "metrics": "system.Metrics@0.0.1", "classification": "system.ClassificationMetrics@0.0.1",
+            "report": "system.HTML@0.0.1", "evaluation": "system.Artifact@0.0.1",
+        },
+    }
+    for name, artifact_types in expected.items():
+        component = components.load_component_from_file(str(REPO / COMPONENTS_DIR / f"{name}.yaml"))
+        declared = {key: spec.type for key, spec in (component.component_spec.outputs or {}).items()}
+        assert {key: value for key, value in declared.items() if key in artifact_types} == artifact_types, name
+
+
+def test_steps_start_from_the_kubetune_images_without_installing_anything():
+    from kubetune.images import COMPONENT_IMAGE, TRAINER_IMAGE
+
+    documents = list(yaml.safe_load_all((REPO / PIPELINE_FILE).read_text()))
+    executors = documents[0]["deploymentSpec"]["executors"]
+    images = {name: executor["container"]["image"] for name, executor in executors.items()}
+    assert images == {
+        "exec-validate": COMPONENT_IMAGE, "exec-preprocess": COMPONENT_IMAGE, "exec-tokenize": COMPONENT_IMAGE,
+        "exec-train": COMPONENT_IMAGE, "exec-evaluate": TRAINER_IMAGE,
+    }
+    for name, executor in executors.items():
+        assert "pip install" not in " ".join(executor["container"]["command"]), name
+    # Evaluation of a large model wants a GPU; the other steps are light.
+    assert executors["exec-evaluate"]["container"]["resources"]["accelerator"]["resourceType"] == "nvidia.com/gpu"
+
+
+def test_credentials_come_from_secrets_by_name_only():
+    documents = list(yaml.safe_load_all((REPO / PIPELINE_FILE).read_text()))
+    platform = documents[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    for name in ("exec-validate", "exec-preprocess", "exec-tokenize", "exec-train", "exec-evaluate"):
+        secrets = {entry["secretName"]: entry for entry in platform[name]["secretAsEnv"]}
+        storage = secrets["kubetune-s3"]
+        assert {item["envVar"] for item in storage["keyToEnv"]} == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+
+
+def test_no_secret_value_reaches_the_compiled_pipeline(tmp_path, monkeypatch):
+    canary = "canary-5f2d9c1e-not-a-real-secret"
+    for name in ("AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN"):
+        monkeypatch.setenv(name, canary)
+    from kubetune.config import ClusterConfig
+
+    written = compile_all(tmp_path, ClusterConfig(mlflow_secret="mlflow-credentials"))
+    for path in written:
+        assert canary not in path.read_text(), path.name
+    platform = list(yaml.safe_load_all((tmp_path / PIPELINE_FILE).read_text()))[1]
+    train = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-train"]["secretAsEnv"]
+    assert {entry["secretName"] for entry in train} == {"kubetune-s3", "mlflow-credentials"}
