@@ -20,11 +20,14 @@ COMMANDS: dict[str, str] = {
     "validate": "validate",
     "preprocess": "preprocess",
     "tokenize": "tokenize",
-    "demo-data": "demo_data",
     "train": "train",
     "evaluate": "evaluate",
+    "demo-data": "demo_data",
     "run": "run",
     "compile": "compile",
+    "submit": "submit",
+    "schedule": "schedule",
+    "status": "status",
 }
 
 
