@@ -50,5 +50,9 @@ lint: install
 compile: install
 	$(BIN)/kubetune compile
 
+# The CPU benchmark set (under 30 minutes on 2 cores); appends to bench/results/, rewrites BENCHMARKS.md.
+bench: install
+	PYTHON=$(BIN)/python bench/run.sh
+
 clean:
 	rm -rf $(VENV) $(CHECKOV_VENV) runs .pytest_cache
