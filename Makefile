@@ -6,14 +6,17 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
 STAMP := $(VENV)/.installed
+# The images' lock doubles as the constraints of every dev/CI install, so tests run against the
+# versions that ship (and a newer release on the index can't change a CI run).
+LOCK := docker/requirements-common.txt
 
 .PHONY: install demo test lint compile bench tools checkov check-image-requirements clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet torch==$(TORCH_VERSION)
-	DS_BUILD_OPS=0 $(BIN)/python -m pip install --quiet -e '.[dev]'
+	DS_BUILD_OPS=0 $(BIN)/python -m pip install --quiet --constraint $(LOCK) -e '.[dev]'
 	touch $@
 
 install: $(STAMP)

@@ -1,6 +1,8 @@
 """Print docker/requirements-common.txt: kubetune's runtime dependency closure as installed in this venv.
 
-Run it in a venv where the test suite passes (`make test`):
+`make install` uses this file as pip constraints, so a dev or CI venv holds exactly these versions.
+After adding a dependency (installed unconstrained) or upgrading one (`pip install -U NAME` in the
+venv), run the tests, then regenerate:
     python docker/lock.py > docker/requirements-common.txt
 torch and deepspeed are left out (each image pins its own build of them), and so is kubetune itself.
 """
