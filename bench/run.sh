@@ -4,9 +4,9 @@
 # BENCHMARKS.md is regenerated from those files. Run it on a quiet machine (nothing else on the cores):
 #   bench/run.sh                                         # or: make bench
 #   BENCH_SECTIONS="throughput tokenization" bench/run.sh
-# Knobs (defaults fit 30 minutes on 2 cores):
+# Knobs (defaults: about an hour on 2 cores, half of it the demo run of the pipeline section):
 #   BENCH_SECTIONS          sections to run (throughput tokenization accuracy pipeline)
-#   BENCH_TRAIN_STEPS       optimizer steps per throughput run (10)
+#   BENCH_TRAIN_STEPS       optimizer steps per throughput run (6)
 #   BENCH_REPEATS           runs of each variant, interleaved A B C A B C ... (3)
 #   BENCH_TRAIN_ROWS        train rows the throughput runs draw their batches from (4096)
 #   BENCH_BANKING77_EPOCHS  epochs of the Banking77 LoRA and full fine-tune (1)

@@ -10,7 +10,7 @@ report takes medians. All three are measured with the same meter, kubetune's Spe
 and real (attention-mask) tokens of the training batches over the time spent inside optimizer steps
 (the Trainer fetches each batch before the step starts, so data loading and evaluation are not in it).
 
-    python -m bench.throughput --datasets banking77 council --steps 10 --repeats 3
+    python -m bench.throughput --datasets banking77 council --steps 6 --repeats 3
 """
 
 from __future__ import annotations
@@ -232,7 +232,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Training throughput: A (plain HF+PEFT) vs B (kubetune) vs C (seed config).")
     parser.add_argument("--datasets", nargs="+", default=["banking77", "council"], choices=["banking77", "council"])
     parser.add_argument("--model", default="sentence-transformers/all-MiniLM-L6-v2")
-    parser.add_argument("--steps", type=int, default=env_int("BENCH_TRAIN_STEPS", 10), help="Optimizer steps per run (BENCH_TRAIN_STEPS).")
+    parser.add_argument("--steps", type=int, default=env_int("BENCH_TRAIN_STEPS", 6), help="Optimizer steps per run (BENCH_TRAIN_STEPS).")
     parser.add_argument("--repeats", type=int, default=env_int("BENCH_REPEATS", 3), help="Runs of each variant (BENCH_REPEATS).")
     parser.add_argument("--train-rows", type=int, default=env_int("BENCH_TRAIN_ROWS", 4096),
                         help="Random train rows the runs draw batches from (BENCH_TRAIN_ROWS).")
