@@ -19,7 +19,7 @@ from bench.gpu_throughput import flops_per_real_token, qwen_config
 from bench.pipeline import measure as measure_pipeline
 from bench.pipeline import summary_rows
 from bench.report import render
-from bench.throughput import compare, summarize
+from bench.throughput import compare, one_epoch_rows, summarize
 from bench.tokenization import measure as measure_tokenization
 
 from .conftest import WORDS
@@ -56,7 +56,9 @@ def toy_preprocessed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, di
 
 def test_throughput_runs_a_b_c_interleaved_with_the_same_steps(tiny_bert: Path, toy_preprocessed, tmp_path: Path):
     preprocessed, sections = toy_preprocessed
-    subset = bench_data.make_subset(preprocessed, tmp_path / "subset", train_rows=96, eval_rows=8, seed=0)
+    train_rows = one_epoch_rows(sections, str(tiny_bert), steps=2, seed=0)
+    assert train_rows == 2 * 16
+    subset = bench_data.make_subset(preprocessed, tmp_path / "subset", train_rows=train_rows, eval_rows=8, seed=0)
     rows = compare("toy", subset, str(tiny_bert), sections, steps=2, repeats=1, workdir=tmp_path / "work",
                    seed_max_length=64)
 
@@ -66,7 +68,10 @@ def test_throughput_runs_a_b_c_interleaved_with_the_same_steps(tiny_bert: Path, 
     padding = {row["variant"]: row["padding_fraction"] for row in rows}
     # C pads every row to 64 tokens, longer than any toy row; A and B pad to the longest row of each batch.
     assert padding["C"] > max(padding["A"], padding["B"])
-    c_real = rows[2]["real_tokens_per_s"] * rows[2]["step_seconds"]
+    # One epoch over the same rows: the three trained on exactly the same real tokens, however they batched them.
+    real = [row["real_tokens_per_s"] * row["step_seconds"] for row in rows]
+    assert real[0] == pytest.approx(real[1], rel=1e-6) and real[1] == pytest.approx(real[2], rel=1e-6)
+    c_real = real[2]
     assert padding["C"] == pytest.approx(1 - c_real / (2 * 16 * 64), abs=1e-6)
 
     config_c = (tmp_path / "work" / "config-C.yaml").read_text()

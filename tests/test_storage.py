@@ -3,37 +3,17 @@ of transient faults (503 answers and dropped connections from a proxy in front o
 
 from __future__ import annotations
 
-import uuid
-
 import boto3
 import pytest
 
 from kubetune import storage
 from kubetune.config import StorageConfig
 from kubetune.errors import KubetuneError
-from tests.cluster.servers import FaultyProxy, moto_s3
+from tests.cluster.servers import FaultyProxy
 
 
-@pytest.fixture(scope="module")
-def s3_server():
-    with moto_s3() as url:
-        yield url
-
-
-@pytest.fixture
-def bucket(s3_server, monkeypatch) -> str:
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test-access-key")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test-secret-key")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)
-    monkeypatch.delenv("MLFLOW_S3_ENDPOINT_URL", raising=False)
-    name = f"kubetune-{uuid.uuid4().hex[:12]}"
-    boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket=name)
-    return name
-
-
-def keys(s3_server: str, bucket: str) -> list[str]:
-    listed = boto3.client("s3", endpoint_url=s3_server).list_objects_v2(Bucket=bucket)
+def keys(s3_endpoint: str, s3_bucket: str) -> list[str]:
+    listed = boto3.client("s3", endpoint_url=s3_endpoint).list_objects_v2(Bucket=s3_bucket)
     return sorted(item["Key"] for item in listed.get("Contents", []))
 
 
@@ -61,101 +41,101 @@ def test_botocore_retries_follow_storage_max_retries():
 
 
 # ------------------------------------------------------------------------------------ round trips
-def test_text_round_trip_through_minio_uri(bucket):
-    storage.write_text(f"minio://{bucket}/runs/r1/config.yaml", "a: 1\n")
-    assert storage.read_text(f"s3://{bucket}/runs/r1/config.yaml") == "a: 1\n"
-    assert storage.exists(f"s3://{bucket}/runs/r1/config.yaml")
-    assert not storage.exists(f"s3://{bucket}/runs/r1/absent.yaml")
+def test_text_round_trip_through_minio_uri(s3_bucket):
+    storage.write_text(f"minio://{s3_bucket}/runs/r1/config.yaml", "a: 1\n")
+    assert storage.read_text(f"s3://{s3_bucket}/runs/r1/config.yaml") == "a: 1\n"
+    assert storage.exists(f"s3://{s3_bucket}/runs/r1/config.yaml")
+    assert not storage.exists(f"s3://{s3_bucket}/runs/r1/absent.yaml")
 
 
-def test_missing_object_is_not_retried(bucket, s3_server, monkeypatch):
-    with FaultyProxy(s3_server) as proxy:
+def test_missing_object_is_not_retried(s3_bucket, s3_endpoint, monkeypatch):
+    with FaultyProxy(s3_endpoint) as proxy:
         monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
         with pytest.raises(FileNotFoundError):
-            storage.read_text(f"s3://{bucket}/absent.txt")
+            storage.read_text(f"s3://{s3_bucket}/absent.txt")
     # s3fs asks once for the object and once whether it is a folder: each question is asked one time.
     assert [(method, status) for method, path, status in proxy.requests if "absent.txt" in path] == [("HEAD", 404), ("GET", 200)]
 
 
-def test_atomic_output_dir_publishes_the_marker_last(bucket, s3_server, tmp_path):
-    uri = f"s3://{bucket}/runs/r1/preprocess"
+def test_atomic_output_dir_publishes_the_marker_last(s3_bucket, s3_endpoint, tmp_path):
+    uri = f"s3://{s3_bucket}/runs/r1/preprocess"
     with storage.atomic_output_dir(uri, "preprocess") as staging:
         (staging / "data").mkdir()
         (staging / "data" / "part-0.arrow").write_bytes(b"rows")
         (staging / "label_map.json").write_text("{}")
-        assert keys(s3_server, bucket) == []  # nothing is visible before the body finishes
-    assert keys(s3_server, bucket) == [
+        assert keys(s3_endpoint, s3_bucket) == []  # nothing is visible before the body finishes
+    assert keys(s3_endpoint, s3_bucket) == [
         "runs/r1/preprocess/_COMPLETE", "runs/r1/preprocess/data/part-0.arrow", "runs/r1/preprocess/label_map.json"]
     assert storage.is_complete(uri)
     local = storage.download(uri, tmp_path / "copy")
     assert (local / "data" / "part-0.arrow").read_bytes() == b"rows"
 
 
-def test_failed_body_publishes_nothing(bucket, s3_server):
+def test_failed_body_publishes_nothing(s3_bucket, s3_endpoint):
     with (pytest.raises(RuntimeError, match="tokenizer crashed"),
-          storage.atomic_output_dir(f"s3://{bucket}/runs/r1/tokenize", "tokenize") as staging):
+          storage.atomic_output_dir(f"s3://{s3_bucket}/runs/r1/tokenize", "tokenize") as staging):
         (staging / "half.arrow").write_bytes(b"half")
         raise RuntimeError("tokenizer crashed")
-    assert keys(s3_server, bucket) == []
+    assert keys(s3_endpoint, s3_bucket) == []
 
 
-def test_a_prefix_that_is_not_a_kubetune_output_is_never_replaced(bucket):
-    storage.write_text(f"s3://{bucket}/mine/notes.txt", "keep me")
-    refused = f"output s3://{bucket}/mine exists and is not a kubetune preprocess output"
-    with pytest.raises(KubetuneError, match=refused), storage.atomic_output_dir(f"s3://{bucket}/mine", "preprocess"):
+def test_a_prefix_that_is_not_a_kubetune_output_is_never_replaced(s3_bucket):
+    storage.write_text(f"s3://{s3_bucket}/mine/notes.txt", "keep me")
+    refused = f"output s3://{s3_bucket}/mine exists and is not a kubetune preprocess output"
+    with pytest.raises(KubetuneError, match=refused), storage.atomic_output_dir(f"s3://{s3_bucket}/mine", "preprocess"):
         pass
-    assert storage.read_text(f"s3://{bucket}/mine/notes.txt") == "keep me"
+    assert storage.read_text(f"s3://{s3_bucket}/mine/notes.txt") == "keep me"
 
 
-def test_upload_dir_sends_the_marker_last(bucket, s3_server, tmp_path, monkeypatch):
+def test_upload_dir_sends_the_marker_last(s3_bucket, s3_endpoint, tmp_path, monkeypatch):
     (tmp_path / "b").mkdir()
     (tmp_path / "b" / "z.bin").write_bytes(b"z")
     (tmp_path / "_COMPLETE").write_text("train\n")
     (tmp_path / "a.json").write_text("{}")
-    with FaultyProxy(s3_server) as proxy:
+    with FaultyProxy(s3_endpoint) as proxy:
         monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
-        storage.upload_dir(tmp_path, f"s3://{bucket}/out")
+        storage.upload_dir(tmp_path, f"s3://{s3_bucket}/out")
     puts = [path.split("/out/", 1)[1].split("?")[0] for method, path, _ in proxy.requests if method == "PUT"]
     assert puts == ["a.json", "b/z.bin", "_COMPLETE"]
 
 
 # --------------------------------------------------------------------------------------- retries
-def test_503_answers_are_retried_until_the_call_succeeds(bucket, s3_server, monkeypatch):
-    storage.write_text(f"s3://{bucket}/runs/r1/config.yaml", "epochs: 3\n")
-    with FaultyProxy(s3_server, failures=2, mode="503", match="config.yaml") as proxy:
+def test_503_answers_are_retried_until_the_call_succeeds(s3_bucket, s3_endpoint, monkeypatch):
+    storage.write_text(f"s3://{s3_bucket}/runs/r1/config.yaml", "epochs: 3\n")
+    with FaultyProxy(s3_endpoint, failures=2, mode="503", match="config.yaml") as proxy:
         monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
-        assert storage.read_text(f"s3://{bucket}/runs/r1/config.yaml", StorageConfig(max_retries=3)) == "epochs: 3\n"
+        assert storage.read_text(f"s3://{s3_bucket}/runs/r1/config.yaml", StorageConfig(max_retries=3)) == "epochs: 3\n"
     statuses = [status for _, _, status in proxy.matched()]
     assert statuses[:2] == [503, 503] and statuses[-1] == 200  # the same request, answered at the third try
 
 
-def test_503_beyond_max_retries_fails(bucket, s3_server, monkeypatch):
-    storage.write_text(f"s3://{bucket}/runs/r1/config.yaml", "epochs: 3\n")
-    with FaultyProxy(s3_server, failures=100, mode="503", match="config.yaml") as proxy:
+def test_503_beyond_max_retries_fails(s3_bucket, s3_endpoint, monkeypatch):
+    storage.write_text(f"s3://{s3_bucket}/runs/r1/config.yaml", "epochs: 3\n")
+    with FaultyProxy(s3_endpoint, failures=100, mode="503", match="config.yaml") as proxy:
         monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
         with pytest.raises(Exception) as caught:
-            storage.read_text(f"s3://{bucket}/runs/r1/config.yaml", StorageConfig(max_retries=1))
+            storage.read_text(f"s3://{s3_bucket}/runs/r1/config.yaml", StorageConfig(max_retries=1))
     assert "Service Unavailable" in str(caught.value)
     statuses = {status for _, _, status in proxy.matched()}
     assert statuses == {503} and len(proxy.matched()) >= 2
 
 
-def test_a_dropped_connection_is_retried(bucket, s3_server, monkeypatch):
-    storage.write_text(f"s3://{bucket}/runs/r1/config.yaml", "epochs: 3\n")
-    with FaultyProxy(s3_server, failures=1, mode="drop", match="config.yaml") as proxy:
+def test_a_dropped_connection_is_retried(s3_bucket, s3_endpoint, monkeypatch):
+    storage.write_text(f"s3://{s3_bucket}/runs/r1/config.yaml", "epochs: 3\n")
+    with FaultyProxy(s3_endpoint, failures=1, mode="drop", match="config.yaml") as proxy:
         monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
-        assert storage.read_text(f"s3://{bucket}/runs/r1/config.yaml") == "epochs: 3\n"
+        assert storage.read_text(f"s3://{s3_bucket}/runs/r1/config.yaml") == "epochs: 3\n"
     statuses = [status for _, _, status in proxy.matched()]
     assert statuses[0] == 0 and statuses[-1] == 200
 
 
-def test_an_upload_survives_a_503(bucket, s3_server, monkeypatch, tmp_path):
+def test_an_upload_survives_a_503(s3_bucket, s3_endpoint, monkeypatch, tmp_path):
     (tmp_path / "adapter_model.safetensors").write_bytes(b"weights")
-    with FaultyProxy(s3_server, failures=1, mode="503", match="adapter_model") as proxy:
+    with FaultyProxy(s3_endpoint, failures=1, mode="503", match="adapter_model") as proxy:
         monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
-        storage.upload_dir(tmp_path, f"s3://{bucket}/runs/r1/train/model")
+        storage.upload_dir(tmp_path, f"s3://{s3_bucket}/runs/r1/train/model")
     assert [status for _, _, status in proxy.matched()][0] == 503
-    assert keys(s3_server, bucket) == ["runs/r1/train/model/adapter_model.safetensors"]
+    assert keys(s3_endpoint, s3_bucket) == ["runs/r1/train/model/adapter_model.safetensors"]
 
 
 # ----------------------------------------------------------------------------- with_retries itself

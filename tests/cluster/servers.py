@@ -1,4 +1,4 @@
-"""Servers the cluster tests start on 127.0.0.1: a fake Kubernetes API, moto's S3, and a faulty proxy.
+"""Servers the cluster tests start on 127.0.0.1: a fake Kubernetes API and a faulty proxy in front of S3.
 
 FakeKubernetes speaks the REST paths the PyTorchJob launcher uses (create/get/delete PyTorchJob,
 list pods, read a pod's log, streamed or not) and records every request. Each GET of a job answers
@@ -8,7 +8,6 @@ streamed connection can be cut mid-line to exercise reconnection.
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import json
 import socket
@@ -22,12 +21,6 @@ from urllib.parse import parse_qs, urlsplit
 import yaml
 
 JOBS_PATH = "/apis/kubeflow.org/v1/namespaces/{ns}/pytorchjobs"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass
@@ -355,17 +348,3 @@ class FaultyProxy:
     def __exit__(self, *exc: object) -> None:
         self._server.shutdown()
         self._server.server_close()
-
-
-@contextlib.contextmanager
-def moto_s3():
-    """moto's S3 server on 127.0.0.1 (a free port); yields its URL."""
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.stop()

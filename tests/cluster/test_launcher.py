@@ -177,7 +177,8 @@ def test_invalid_request_sends_nothing(kube, s3_bucket):
 
 
 def test_unreachable_api_server_is_one_clear_error(tmp_path, s3_bucket, monkeypatch):
-    from tests.cluster.servers import FakeKubernetes, free_port
+    from tests.cluster.servers import FakeKubernetes
+    from tests.loopback import free_port
 
     server = FakeKubernetes()
     kubeconfig = server.write_kubeconfig(tmp_path / "kubeconfig")

@@ -1,13 +1,11 @@
-"""Small tables the data tests write in every format, configs built from dicts, and a moto S3 server."""
+"""Small tables the data tests write in every format, configs built from dicts (S3: the root conftest's s3_bucket)."""
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import pytest
 
 from kubetune.config import RunConfig, deep_merge, validate_config
 
@@ -57,35 +55,3 @@ def make_config(tokenizer: Path | None = None, **sections: dict[str, Any]) -> Ru
     if tokenizer is not None:
         base["tokenize"]["model_name"] = str(tokenizer)
     return validate_config(deep_merge(base, sections))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture(scope="session")
-def s3_endpoint():
-    """A moto S3 server on 127.0.0.1 for the whole session."""
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
-
-
-@pytest.fixture
-def s3_bucket(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> str:
-    """A fresh bucket; endpoint and (fake) credentials come from the environment, as on a cluster."""
-    import boto3
-
-    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    bucket = "kt-" + "".join(c if c.isalnum() else "-" for c in request.node.name.lower())[:50].strip("-")
-    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=bucket)
-    return bucket

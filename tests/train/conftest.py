@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,8 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+
+from tests.loopback import free_port
 
 from ..conftest import REPO_ROOT
 
@@ -105,12 +106,6 @@ def qwen2_tokenized(tiny_qwen2: Path, tmp_path_factory: pytest.TempPathFactory) 
     return build_tokenized(tmp_path_factory.mktemp("qwen2-tokenized"), tiny_qwen2)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory):
     """A real `mlflow server` on 127.0.0.1 with a SQLite backend; yields its URL."""
@@ -146,34 +141,6 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory):
         except subprocess.TimeoutExpired:
             process.kill()
         log.close()
-
-
-@pytest.fixture(scope="session")
-def s3_endpoint():
-    """A moto S3 server on 127.0.0.1 for the whole session."""
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
-
-
-@pytest.fixture
-def s3_bucket(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    """An empty bucket; endpoint and (fake) credentials come from the environment, as in a training pod."""
-    import uuid
-
-    import boto3
-
-    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    bucket = f"kubetune-train-{uuid.uuid4().hex[:8]}"
-    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=bucket)
-    return bucket
 
 
 def write_config(path: Path, model_dir: Path, **sections: dict) -> Path:
