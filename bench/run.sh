@@ -6,9 +6,9 @@
 #   BENCH_SECTIONS="throughput tokenization" bench/run.sh
 # Knobs (defaults: about an hour on 2 cores, half of it the demo run of the pipeline section):
 #   BENCH_SECTIONS          sections to run (throughput tokenization accuracy pipeline)
-#   BENCH_TRAIN_STEPS       optimizer steps per throughput run (6)
+#   BENCH_TRAIN_STEPS       optimizer steps per throughput run (8)
 #   BENCH_REPEATS           runs of each variant, interleaved A B C A B C ... (3)
-#   BENCH_TRAIN_ROWS        train rows the throughput runs draw their batches from (4096)
+#   BENCH_TRAIN_ROWS        train rows the throughput runs draw their batches from (steps x batch size: one epoch)
 #   BENCH_BANKING77_EPOCHS  epochs of the Banking77 LoRA and full fine-tune (1)
 #   BENCH_BANKING77_RUN     take the Banking77 LoRA figures from this finished `kubetune train` output instead
 #   BENCH_COUNCIL_RUN       take kubetune's council figures from this finished train or evaluate output

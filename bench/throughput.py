@@ -6,11 +6,14 @@
 
 Each run is its own process (peak memory is per run, DeepSpeed state never leaks into the next),
 and the runs are interleaved A B C A B C ... so that drift of a shared machine hits all alike; the
-report takes medians. All three are measured with the same meter, kubetune's SpeedCallback: samples
+report takes medians. By default every run trains one epoch over the same `steps x batch size` rows,
+so A, B and C see exactly the same samples and real tokens and differ only in how they batch them
+(length grouping sorts the longest rows first: over part of an epoch B would see other, longer rows
+than A). All three are measured with the same meter, kubetune's SpeedCallback: samples
 and real (attention-mask) tokens of the training batches over the time spent inside optimizer steps
 (the Trainer fetches each batch before the step starts, so data loading and evaluation are not in it).
 
-    python -m bench.throughput --datasets banking77 council --steps 6 --repeats 3
+    python -m bench.throughput --datasets banking77 council --steps 8 --repeats 3
 """
 
 from __future__ import annotations
@@ -68,6 +71,14 @@ def variant_configs(data_sections: Mapping[str, Any], model: str, steps: int, se
     seed_config["deepspeed"] = {"enable": True, "stage": 2}
     seed_config["training"] = {**seed_config["training"], "group_by_length": False}
     return {"B": base, "C": seed_config}
+
+
+def one_epoch_rows(data_sections: Mapping[str, Any], model: str, steps: int, seed: int) -> int:
+    """The train rows that `steps` optimizer steps of B (one process) consume: exactly one epoch."""
+    from kubetune.config import validate_config
+
+    training = validate_config(variant_configs(data_sections, model, steps, seed)["B"], source="bench:B").training
+    return steps * training.batch_size * training.gradient_accumulation_steps
 
 
 def plain_job(b_config: Any, subset: Path, model_path: str, num_labels: int) -> dict[str, Any]:
@@ -232,10 +243,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Training throughput: A (plain HF+PEFT) vs B (kubetune) vs C (seed config).")
     parser.add_argument("--datasets", nargs="+", default=["banking77", "council"], choices=["banking77", "council"])
     parser.add_argument("--model", default="sentence-transformers/all-MiniLM-L6-v2")
-    parser.add_argument("--steps", type=int, default=env_int("BENCH_TRAIN_STEPS", 6), help="Optimizer steps per run (BENCH_TRAIN_STEPS).")
+    parser.add_argument("--steps", type=int, default=env_int("BENCH_TRAIN_STEPS", 8), help="Optimizer steps per run (BENCH_TRAIN_STEPS).")
     parser.add_argument("--repeats", type=int, default=env_int("BENCH_REPEATS", 3), help="Runs of each variant (BENCH_REPEATS).")
-    parser.add_argument("--train-rows", type=int, default=env_int("BENCH_TRAIN_ROWS", 4096),
-                        help="Random train rows the runs draw batches from (BENCH_TRAIN_ROWS).")
+    parser.add_argument("--train-rows", type=int, default=env_int("BENCH_TRAIN_ROWS", 0),
+                        help="Random train rows the runs draw batches from (BENCH_TRAIN_ROWS; default: steps x batch "
+                             "size, one epoch, so every variant trains on the same rows).")
     parser.add_argument("--eval-rows", type=int, default=64, help="Rows of the validation and test splits (evaluated once, not timed).")
     parser.add_argument("--seed", type=int, default=42)
     args = parser.parse_args(argv)
@@ -249,7 +261,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         workdir = WORK_DIR / "throughput" / dataset
         sections = bench_data.dataset_sections(dataset)
         preprocessed = bench_data.preprocess(dataset, sections, WORK_DIR / "preprocessed" / dataset)
-        subset = bench_data.make_subset(preprocessed, workdir / "subset", args.train_rows, args.eval_rows, args.seed)
+        train_rows = args.train_rows or one_epoch_rows(sections, args.model, args.steps, args.seed)
+        subset = bench_data.make_subset(preprocessed, workdir / "subset", train_rows, args.eval_rows, args.seed)
         rows = compare(dataset, subset, args.model, sections, args.steps, args.repeats, workdir, seed=args.seed)
         rows = [{"suite": "cpu", **row} for row in rows]
         append_rows("throughput", info, rows)
