@@ -32,7 +32,7 @@ COMMON_COLUMNS = ("session", "date", "git_commit", "machine", "command")
 SECTION_COLUMNS: dict[str, tuple[str, ...]] = {
     "throughput": (
         "suite", "dataset", "model", "variant", "repeat", "steps", "batch_size", "samples_per_s", "real_tokens_per_s",
-        "padding_fraction", "step_seconds", "peak_rss_mb", "peak_gpu_mb", "wall_seconds", "flops_per_token",
+        "padding_fraction", "epoch_padding_fraction", "step_seconds", "peak_rss_mb", "peak_gpu_mb", "wall_seconds", "flops_per_token",
         "peak_tflops", "mfu", "device",
     ),
     "tokenization": (

@@ -70,18 +70,25 @@ def throughput_section(rows: Sequence[Mapping[str, str]], suite: str) -> tuple[l
     summary = summarize(chosen)
     lines = [_session_line(chosen), ""]
     gpu = suite == "gpu"
-    headers = ["dataset", "variant", "runs", "samples/s", "real tokens/s", "padding", "peak RSS MiB",
+    headers = ["dataset", "variant", "runs", "samples/s", "real tokens/s", "padding (these runs)",
+               *([] if gpu else ["padding (one epoch)"]), "peak RSS MiB",
                *(["peak GPU MiB", "MFU"] if gpu else []), "samples/s vs A", "real tokens/s vs A"]
     table = []
     for e in summary:
         table.append([e["dataset"], f"{e['variant']}: {VARIANT_NAMES[e['variant']]}", e["runs"], f"{e['samples_per_s']:.1f}",
-                      f"{e['real_tokens_per_s']:,.0f}", _pct(e["padding_fraction"]), f"{e['peak_rss_mb']:,.0f}",
+                      f"{e['real_tokens_per_s']:,.0f}", _pct(e["padding_fraction"]),
+                      *([] if gpu else [_pct(e.get("epoch_padding_fraction"))]), f"{e['peak_rss_mb']:,.0f}",
                       *([f"{e['peak_gpu_mb']:,.0f}" if e["peak_gpu_mb"] is not None else "-", _pct(e["mfu"])] if gpu else []),
                       _x(e["samples_per_s_vs_A"]), _x(e["real_tokens_per_s_vs_A"])])
     lines += _table(headers, table)
     first = chosen[0]
     lines += ["", f"Model `{first['model']}`; {first['steps']} optimizer steps of {first['batch_size']} rows per run, "
                   f"medians over the runs (interleaved A B C …); device: {first['device']}."]
+    if not gpu:
+        lines += ["", "Each run trains one epoch over the same rows, so A, B and C process the same samples and real tokens. "
+                      "Over so few rows length grouping only sorts small groups; \"padding (one epoch)\" counts the padding of "
+                      "one whole epoch of the full train split batched as each variant's sampler batches it (the padding goal "
+                      "uses it)."]
     if gpu:
         lines += [f"FLOPs per real token (formula in bench/gpu_throughput.py): {float(first['flops_per_token']):.4g}; "
                   f"peak {first['peak_tflops'] or '?'} TFLOP/s dense bf16."]
@@ -156,9 +163,12 @@ def throughput_goals(summary: Sequence[Mapping[str, Any]], suite: str) -> list[G
         for dataset in datasets:
             b = by.get((dataset, "B"))
             if b:
-                met = b["padding_fraction"] <= 0.10
-                goals.append(Goal("padding_b", f"Padding fraction of B ≤ 10 % ({dataset})", _pct(b["padding_fraction"]), met,
-                                  "" if met else f"{100 * (b['padding_fraction'] - 0.10):.1f} points above 10 %"))
+                over_epoch = b.get("epoch_padding_fraction") is not None  # older rows: only the timed runs' padding
+                padding = b["epoch_padding_fraction"] if over_epoch else b["padding_fraction"]
+                met = padding <= 0.10
+                scope = "one epoch" if over_epoch else "the timed runs"
+                goals.append(Goal("padding_b", f"Padding fraction of B ≤ 10 %, {scope} ({dataset})", _pct(padding), met,
+                                  "" if met else f"{100 * (padding - 0.10):.1f} points above 10 %"))
     else:
         ratio_goal("gpu_b_vs_a", "GPU: B ≥ 1.3 × A in real tokens/s", "real_tokens_per_s", "A", 1.3)
     return goals

@@ -9,7 +9,9 @@ and the runs are interleaved A B C A B C ... so that drift of a shared machine h
 report takes medians. By default every run trains one epoch over the same `steps x batch size` rows,
 so A, B and C see exactly the same samples and real tokens and differ only in how they batch them
 (length grouping sorts the longest rows first: over part of an epoch B would see other, longer rows
-than A). All three are measured with the same meter, kubetune's SpeedCallback: samples
+than A). Over so few rows length grouping can only sort small groups, so the padding goal is taken
+from `epoch_padding` instead: one whole epoch of the full train split, batched as each variant's
+sampler batches it (no training needed to count padding). All three are measured with the same meter, kubetune's SpeedCallback: samples
 and real (attention-mask) tokens of the training batches over the time spent inside optimizer steps
 (the Trainer fetches each batch before the step starts, so data loading and evaluation are not in it).
 
@@ -79,6 +81,54 @@ def one_epoch_rows(data_sections: Mapping[str, Any], model: str, steps: int, see
 
     training = validate_config(variant_configs(data_sections, model, steps, seed)["B"], source="bench:B").training
     return steps * training.batch_size * training.gradient_accumulation_steps
+
+
+def train_lengths(preprocessed: Path, model: str, max_length: int) -> list[int]:
+    """Token count of every train row (truncated at `max_length`, special tokens included)."""
+    import datasets
+    from transformers import AutoTokenizer
+
+    from kubetune.hub import resolve_model_path
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(model))
+    texts = datasets.load_from_disk(str(preprocessed))["train"]["text"]
+    return [len(ids) for ids in tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]]
+
+
+def epoch_padding(lengths: Sequence[int], batch_size: int, variant: str, seed: int, pad_to: int = SEED_MAX_LENGTH) -> float:
+    """Padding fraction of one epoch over `lengths` as a variant batches it: A random batches padded to their
+    longest row, B the Trainer's length-grouped sampler (same padding rule), C every row padded to `pad_to`."""
+    import torch
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    real = sum(lengths)
+    if variant == "C":
+        return 1 - real / (len(lengths) * pad_to)
+    generator = torch.Generator().manual_seed(seed)
+    if variant == "B":
+        order = list(LengthGroupedSampler(batch_size, lengths=list(lengths), generator=generator))
+    else:
+        order = torch.randperm(len(lengths), generator=generator).tolist()
+    padded = sum(max(lengths[i] for i in order[s:s + batch_size]) * len(order[s:s + batch_size])
+                 for s in range(0, len(order), batch_size))
+    return 1 - real / padded
+
+
+def add_epoch_padding(rows: Sequence[dict[str, Any]], dataset: str, preprocessed: Path, model: str,
+                      data_sections: Mapping[str, Any], steps: int, seed: int) -> None:
+    """Set `epoch_padding_fraction` on each run row: its variant's padding over one epoch of the full train split."""
+    from kubetune.config import validate_config
+
+    b_config = validate_config(variant_configs(data_sections, model, steps, seed)["B"], source="bench:B")
+    max_lengths = {"A": b_config.tokenize.max_length, "B": b_config.tokenize.max_length, "C": SEED_MAX_LENGTH}
+    lengths = {n: train_lengths(preprocessed, model, n) for n in set(max_lengths.values())}
+    for variant, max_length in max_lengths.items():
+        padding = epoch_padding(lengths[max_length], b_config.training.batch_size, variant, seed)
+        print(f"  {dataset} {variant}: padding over one epoch of the {len(lengths[max_length]):,} train rows {100 * padding:.1f}%",
+              flush=True)
+        for row in rows:
+            if row["variant"] == variant:
+                row["epoch_padding_fraction"] = padding
 
 
 def plain_job(b_config: Any, subset: Path, model_path: str, num_labels: int) -> dict[str, Any]:
@@ -210,7 +260,8 @@ def summarize(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     for (suite, dataset, variant), members in sorted(groups.items()):
         entry: dict[str, Any] = {"suite": suite, "dataset": dataset, "variant": variant, "runs": len(members),
                                  "model": members[0].get("model", ""), "steps": members[0].get("steps", "")}
-        for key in ("samples_per_s", "real_tokens_per_s", "padding_fraction", "peak_rss_mb", "peak_gpu_mb", "mfu"):
+        for key in ("samples_per_s", "real_tokens_per_s", "padding_fraction", "epoch_padding_fraction", "peak_rss_mb",
+                    "peak_gpu_mb", "mfu"):
             values = [float(m[key]) for m in members if m.get(key) not in (None, "")]
             entry[key] = median(values) if values else None
         out.append(entry)
@@ -264,6 +315,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         train_rows = args.train_rows or one_epoch_rows(sections, args.model, args.steps, args.seed)
         subset = bench_data.make_subset(preprocessed, workdir / "subset", train_rows, args.eval_rows, args.seed)
         rows = compare(dataset, subset, args.model, sections, args.steps, args.repeats, workdir, seed=args.seed)
+        add_epoch_padding(rows, dataset, preprocessed, args.model, sections, args.steps, args.seed)
         rows = [{"suite": "cpu", **row} for row in rows]
         append_rows("throughput", info, rows)
         all_rows += rows

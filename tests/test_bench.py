@@ -19,7 +19,7 @@ from bench.gpu_throughput import flops_per_real_token, qwen_config
 from bench.pipeline import measure as measure_pipeline
 from bench.pipeline import summary_rows
 from bench.report import render
-from bench.throughput import compare, one_epoch_rows, summarize
+from bench.throughput import compare, epoch_padding, one_epoch_rows, summarize
 from bench.tokenization import measure as measure_tokenization
 
 from .conftest import WORDS
@@ -79,6 +79,20 @@ def test_throughput_runs_a_b_c_interleaved_with_the_same_steps(tiny_bert: Path, 
     summary = {e["variant"]: e for e in summarize(rows)}
     assert summary["A"]["samples_per_s_vs_A"] == 1.0
     assert summary["B"]["samples_per_s_vs_A"] == pytest.approx(rows[1]["samples_per_s"] / rows[0]["samples_per_s"])
+
+
+def test_epoch_padding_follows_each_variants_sampler():
+    import random
+
+    rng = random.Random(0)
+    lengths = [rng.randint(5, 60) for _ in range(4096)]
+    # C pads every row to the fixed length: exactly the share of it that is not a real token.
+    assert epoch_padding([2, 4], 16, "C", seed=0, pad_to=8) == pytest.approx(1 - 6 / 16)
+    # Rows of one length need no padding however they are batched.
+    assert epoch_padding([7] * 64, 16, "A", seed=0) == 0 and epoch_padding([7] * 64, 16, "B", seed=0) == 0
+    # Random batches pad to their longest row; the Trainer's length grouping sorts groups of 50 batches first.
+    random_batches, grouped = epoch_padding(lengths, 16, "A", seed=0), epoch_padding(lengths, 16, "B", seed=0)
+    assert grouped < 0.05 < 0.30 < random_batches
 
 
 def test_subset_keeps_the_label_map_and_sizes(toy_preprocessed, tmp_path: Path):
@@ -173,16 +187,16 @@ def test_pipeline_rows_and_the_share_that_is_not_training(tmp_path: Path):
     assert "Share of the wall time that is not training: 60.0 %." in render(why_file=tmp_path / "none.yaml")
 
 
-def _throughput_row(dataset: str, variant: str, samples: float, padding: float) -> dict:
+def _throughput_row(dataset: str, variant: str, samples: float, padding: float, epoch_padding: float | None = None) -> dict:
     return {"suite": "cpu", "dataset": dataset, "model": "m", "variant": variant, "repeat": 1, "steps": 12, "batch_size": 16,
             "samples_per_s": samples, "real_tokens_per_s": samples * 10, "padding_fraction": padding, "step_seconds": 1.0,
-            "peak_rss_mb": 500.0, "wall_seconds": 9.0, "device": "cpu"}
+            "epoch_padding_fraction": epoch_padding, "peak_rss_mb": 500.0, "wall_seconds": 9.0, "device": "cpu"}
 
 
 def test_report_says_by_how_much_a_goal_is_missed_and_where_the_why_goes(tmp_path: Path):
     info = bench.common.run_info()
     bench.common.append_rows("throughput", info, [
-        _throughput_row("banking77", "A", 100.0, 0.3), _throughput_row("banking77", "B", 90.0, 0.12),
+        _throughput_row("banking77", "A", 100.0, 0.3), _throughput_row("banking77", "B", 90.0, 0.35, epoch_padding=0.12),
         _throughput_row("banking77", "C", 20.0, 0.9),
     ])
     bench.common.append_rows("accuracy", info, [
@@ -198,7 +212,8 @@ def test_report_says_by_how_much_a_goal_is_missed_and_where_the_why_goes(tmp_pat
     page = render(why_file=why)
     assert "| CPU: B ≥ 1.0 × A in samples/s (banking77) | 0.90× | **missed**: 0.90× is 10 % short of 1× |" in page
     assert "| CPU: B ≥ 3 × C in samples/s (banking77) | 4.50× | met |" in page
-    assert "| Padding fraction of B ≤ 10 % (banking77) | 12.0 % | **missed**: 2.0 points above 10 % |" in page
+    # The goal takes the padding of a whole epoch, not of the few rows the timed runs train on.
+    assert "| Padding fraction of B ≤ 10 %, one epoch (banking77) | 12.0 % | **missed**: 2.0 points above 10 % |" in page
     assert "LoRA 90.00 % vs full 92.00 % (+2.00 points) | **missed**: 0.50 points more than the 1.5 allowed |" in page
     assert "**Why `cpu_b_vs_a` is missed:** the collator copies every row" in page
     assert "**Why `padding_b` is missed:** _TO BE FILLED by the lead: write it under `padding_b` in bench/why.yaml._" in page
