@@ -53,7 +53,7 @@ lint: install
 compile: install
 	$(BIN)/kubetune compile
 
-# The CPU benchmark set (about an hour on 2 cores, half of it the demo); appends to bench/results/, rewrites BENCHMARKS.md.
+# The CPU benchmark set (40 minutes on 2 cores); appends to bench/results/, rewrites BENCHMARKS.md.
 bench: install
 	PYTHON=$(BIN)/python bench/run.sh
 
