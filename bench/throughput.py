@@ -75,11 +75,16 @@ def variant_configs(data_sections: Mapping[str, Any], model: str, steps: int, se
     return {"B": base, "C": seed_config}
 
 
-def one_epoch_rows(data_sections: Mapping[str, Any], model: str, steps: int, seed: int) -> int:
-    """The train rows that `steps` optimizer steps of B (one process) consume: exactly one epoch."""
+def b_config(data_sections: Mapping[str, Any], model: str, steps: int, seed: int) -> Any:
+    """B's resolved RunConfig, which A's settings and the epoch figures are read from."""
     from kubetune.config import validate_config
 
-    training = validate_config(variant_configs(data_sections, model, steps, seed)["B"], source="bench:B").training
+    return validate_config(variant_configs(data_sections, model, steps, seed)["B"], source="bench:B")
+
+
+def one_epoch_rows(data_sections: Mapping[str, Any], model: str, steps: int, seed: int) -> int:
+    """The train rows that `steps` optimizer steps of B (one process) consume: exactly one epoch."""
+    training = b_config(data_sections, model, steps, seed).training
     return steps * training.batch_size * training.gradient_accumulation_steps
 
 
@@ -117,13 +122,11 @@ def epoch_padding(lengths: Sequence[int], batch_size: int, variant: str, seed: i
 def add_epoch_padding(rows: Sequence[dict[str, Any]], dataset: str, preprocessed: Path, model: str,
                       data_sections: Mapping[str, Any], steps: int, seed: int) -> None:
     """Set `epoch_padding_fraction` on each run row: its variant's padding over one epoch of the full train split."""
-    from kubetune.config import validate_config
-
-    b_config = validate_config(variant_configs(data_sections, model, steps, seed)["B"], source="bench:B")
-    max_lengths = {"A": b_config.tokenize.max_length, "B": b_config.tokenize.max_length, "C": SEED_MAX_LENGTH}
+    config = b_config(data_sections, model, steps, seed)
+    max_lengths = {"A": config.tokenize.max_length, "B": config.tokenize.max_length, "C": SEED_MAX_LENGTH}
     lengths = {n: train_lengths(preprocessed, model, n) for n in set(max_lengths.values())}
     for variant, max_length in max_lengths.items():
-        padding = epoch_padding(lengths[max_length], b_config.training.batch_size, variant, seed)
+        padding = epoch_padding(lengths[max_length], config.training.batch_size, variant, seed)
         print(f"  {dataset} {variant}: padding over one epoch of the {len(lengths[max_length]):,} train rows {100 * padding:.1f}%",
               flush=True)
         for row in rows:
@@ -228,8 +231,7 @@ def compare(
         config_file.write_text(yaml.safe_dump(config_data, sort_keys=False))
         tokenized = bench_data.tokenize(config_data, subset, workdir / f"tokenized-{variant}")
         jobs[variant] = {"variant": variant, "config": str(config_file), "tokenized": str(tokenized)}
-    b_config = validate_config(configs["B"], source="bench:B")
-    jobs["A"] = plain_job(b_config, subset, resolve_model_path(model), LabelMap.load(subset).max_classes)
+    jobs["A"] = plain_job(validate_config(configs["B"], source="bench:B"), subset, resolve_model_path(model), LabelMap.load(subset).max_classes)
 
     rows = []
     for repeat in range(1, repeats + 1):
