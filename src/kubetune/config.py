@@ -11,6 +11,7 @@ import difflib
 import hashlib
 import json
 import logging
+import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -73,7 +74,7 @@ class SplitConfig(Section):
     stratify: bool = Field(
         True,
         description="Keep each class's share equal across splits. Classes with too few rows to appear in every "
-        "split go to train whole (see README, 'Rare classes').",
+        "split go to train whole; the split report counts them (kubetune.data.split, 'Rare classes').",
     )
     group_column: str | None = Field(
         None,
@@ -371,6 +372,20 @@ class ClusterConfig(Section):
         None, description="Secret with MLFLOW_TRACKING_USERNAME/PASSWORD or MLFLOW_TRACKING_TOKEN, when the server needs them."
     )
     backoff_limit: int = Field(3, ge=0, description="Pod restarts before the job fails.")
+    termination_grace_period_seconds: int = Field(
+        120,
+        ge=30,
+        description="How long a training pod has, after SIGTERM (preemption, deletion, a cancelled run), to save "
+        "a checkpoint and upload it before the kubelet kills it; torchrun waits this long minus 15 s for its "
+        "ranks. 120 s fits the production config's checkpoint (≈50 MB of LoRA weights and ZeRO-2 optimizer "
+        "state) after the step in progress; raise it for large adapters or a full fine-tune (see docs/kubernetes.md).",
+    )
+    evaluate_gpus: int = Field(
+        0,
+        ge=0,
+        description="GPUs the evaluate step's pod requests (scoring the test split is one forward pass); 0: it "
+        "runs on the CPU, so a CPU-only cluster can schedule it.",
+    )
     timeout_seconds: int = Field(86400, gt=0, description="The train step fails (and deletes the job) after this long.")
     ttl_seconds_after_finished: int = Field(86400, ge=0, description="The finished job is deleted after this long.")
     clean_pod_policy: Literal["None", "Running", "All"] = Field("Running", description="Pods deleted when the job ends.")
@@ -577,17 +592,38 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data if data is not None else {}
 
 
+# Data paths a config file names are read relative to the file, so a shipped config works from any
+# directory; the same keys given as command-line overrides are relative to the current directory.
+FILE_RELATIVE_KEYS = ("data.uri", "data.validation_uri", "data.test_uri")
+
+
+def _paths_relative_to(data: Mapping[str, Any], base_dir: Path) -> dict[str, Any]:
+    resolved = dict(data)
+    for key in FILE_RELATIVE_KEYS:
+        section, field = key.split(".")
+        values = resolved.get(section)
+        value = values.get(field) if isinstance(values, Mapping) else None
+        if not isinstance(value, str) or not value or "://" in value:
+            continue
+        path = Path(value).expanduser()
+        if not path.is_absolute():
+            resolved[section] = {**resolved[section], field: os.path.normpath(base_dir / path)}
+    return resolved
+
+
 def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> RunConfig:
     """Read a YAML run config (or the schema defaults when `path` is None), apply overrides, validate."""
     data = read_yaml(path) if path is not None else {}
+    from kubetune.storage import is_remote
+
+    base_dir = Path(path).resolve().parent if path is not None and not is_remote(str(path)) else None
+    if base_dir is not None and isinstance(data, Mapping):
+        data = _paths_relative_to(data, base_dir)
     override_tree = parse_overrides(overrides)
     if override_tree:
         if not isinstance(data, Mapping):
             raise ConfigError(["the config must be a mapping of sections"], str(path))
         data = deep_merge(data, override_tree)
-    from kubetune.storage import is_remote
-
-    base_dir = Path(path).resolve().parent if path is not None and not is_remote(str(path)) else None
     config = validate_config(data, source=str(path) if path is not None else None, base_dir=base_dir)
     for warning in config.warnings:
         logger.warning(warning)

@@ -111,6 +111,9 @@ def test_job_from_shipped_config(path, monkeypatch):
         assert "MLFLOW_TRACKING_PASSWORD" not in env  # no cluster.mlflow_secret in the shipped configs
         assert env["KUBETUNE_RUN_ID"] == {"name": "KUBETUNE_RUN_ID", "value": RUN_ID}
         assert env["MLFLOW_RUN_ID"] == {"name": "MLFLOW_RUN_ID", "value": "mlflow-run-1"}
+        # kubelet → torchrun → ranks: torchrun SIGKILLs the ranks 15 s before the kubelet would kill the pod.
+        assert pod["terminationGracePeriodSeconds"] == cluster.termination_grace_period_seconds == 120
+        assert env["TORCH_ELASTIC_SHUTDOWN_TIMEOUT"] == {"name": "TORCH_ELASTIC_SHUTDOWN_TIMEOUT", "value": "105"}
         if config.storage.endpoint_url:
             assert env["AWS_ENDPOINT_URL"] == {"name": "AWS_ENDPOINT_URL", "value": config.storage.endpoint_url}
         else:

@@ -86,8 +86,25 @@ def test_steps_start_from_the_kubetune_images_without_installing_anything():
     }
     for name, executor in executors.items():
         assert "pip install" not in " ".join(executor["container"]["command"]), name
-    # Evaluation of a large model wants a GPU; the other steps are light.
-    assert executors["exec-evaluate"]["container"]["resources"]["accelerator"]["resourceType"] == "nvidia.com/gpu"
+    # The default cluster.evaluate_gpus is 0: no step asks for a GPU, so a CPU-only cluster runs the pipeline.
+    assert all("accelerator" not in executor["container"].get("resources", {}) for executor in executors.values())
+
+
+def test_evaluate_requests_gpus_on_the_gpu_nodes_only_when_configured(tmp_path):
+    from kubetune.config import ClusterConfig, Toleration
+
+    cluster = ClusterConfig(evaluate_gpus=1, node_selector={"nvidia.com/gpu.present": "true"},
+                            tolerations=[Toleration(key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")])
+    compile_all(tmp_path, cluster)
+    spec, platform = yaml.safe_load_all((tmp_path / PIPELINE_FILE).read_text())
+    executors = spec["deploymentSpec"]["executors"]
+    accelerator = executors["exec-evaluate"]["container"]["resources"]["accelerator"]
+    assert (accelerator["resourceType"], accelerator["resourceCount"]) == ("nvidia.com/gpu", "1")
+    others = [name for name, executor in executors.items() if "accelerator" in executor["container"].get("resources", {})]
+    assert others == ["exec-evaluate"]
+    evaluate = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-evaluate"]
+    assert evaluate["nodeSelector"] == {"labels": {"nvidia.com/gpu.present": "true"}}
+    assert evaluate["tolerations"] == [{"effect": "NoSchedule", "key": "nvidia.com/gpu", "operator": "Exists"}]
 
 
 def test_credentials_come_from_secrets_by_name_only():
@@ -111,3 +128,8 @@ def test_no_secret_value_reaches_the_compiled_pipeline(tmp_path, monkeypatch):
     platform = list(yaml.safe_load_all((tmp_path / PIPELINE_FILE).read_text()))[1]
     train = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-train"]["secretAsEnv"]
     assert {entry["secretName"] for entry in train} == {"kubetune-s3", "mlflow-credentials"}
+    (mlflow,) = [entry for entry in train if entry["secretName"] == "mlflow-credentials"]
+    # A token-only server (MLFLOW_TRACKING_TOKEN) works as well as a user and password.
+    assert {item["envVar"] for item in mlflow["keyToEnv"]} == {
+        "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN"}
+    assert mlflow["optional"] is True

@@ -76,9 +76,12 @@ def test_run_step_turns_user_errors_into_exit_2(capsys):
 def test_run_step_records_timings(tmp_path, monkeypatch):
     timings = tmp_path / "t.jsonl"
     monkeypatch.setenv(steps.TIMINGS_ENV, str(timings))
+    clock = iter([100.0, 102.5, 200.0, 260.0])
+    monkeypatch.setattr(steps.time, "perf_counter", lambda: next(clock))
     assert run_step("tokenize", lambda: 7) == 7
-    entry = json.loads(timings.read_text())
-    assert entry["step"] == "tokenize" and entry["seconds"] >= 0
+    run_step("train", lambda: None)
+    entries = [json.loads(line) for line in timings.read_text().splitlines()]
+    assert entries == [{"step": "tokenize", "seconds": 2.5}, {"step": "train", "seconds": 60.0}]
 
 
 def test_train_output_uri_is_stable_per_run(tmp_path):

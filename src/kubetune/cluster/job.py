@@ -43,8 +43,13 @@ MLFLOW_SECRET_KEYS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "M
 SECRET_ENV_NAMES = frozenset(STORAGE_SECRET_KEYS + STORAGE_SECRET_OPTIONAL_KEYS + MLFLOW_SECRET_KEYS)
 # Non-secret variables kubetune sets itself (see `_fixed_env`); an extra environment may not redefine them.
 KUBETUNE_ENV_NAMES = frozenset(
-    {"KUBETUNE_RUN_ID", "PYTHONUNBUFFERED", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID"}
+    {"KUBETUNE_RUN_ID", "PYTHONUNBUFFERED", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID",
+     "TORCH_ELASTIC_SHUTDOWN_TIMEOUT"}
 )
+# SIGTERM reaches the pod's main process (torchrun) first; torchrun passes it to the ranks and SIGKILLs
+# them after its shutdown timeout. That timeout ends this much before the kubelet's own SIGKILL, so
+# torchrun can still report the ranks' exit and stop cleanly.
+SHUTDOWN_MARGIN_SECONDS = 15
 
 # Pod and Service names are `<job>-master-0` / `<job>-worker-<i>` and must stay DNS-1035 labels
 # (63 characters): 48 leaves room for "-worker-" and seven digits.
@@ -145,7 +150,8 @@ def _tracking_uri(config: RunConfig) -> str | None:
 def _fixed_env(request: TrainRequest) -> dict[str, str]:
     """The non-secret environment kubetune gives the trainer (what the step's own environment knows)."""
     config = request.config
-    env = {"KUBETUNE_RUN_ID": request.run_id, "PYTHONUNBUFFERED": "1"}
+    env = {"KUBETUNE_RUN_ID": request.run_id, "PYTHONUNBUFFERED": "1",
+           "TORCH_ELASTIC_SHUTDOWN_TIMEOUT": str(torchrun_shutdown_timeout(config))}
     endpoint = storage.endpoint_url(config.storage)
     if endpoint:
         env["AWS_ENDPOINT_URL"] = endpoint
@@ -158,6 +164,11 @@ def _fixed_env(request: TrainRequest) -> dict[str, str]:
     if request.mlflow_run_id:
         env["MLFLOW_RUN_ID"] = request.mlflow_run_id
     return env
+
+
+def torchrun_shutdown_timeout(config: RunConfig) -> int:
+    """Seconds torchrun gives its ranks after SIGTERM: the pod's grace period minus a margin."""
+    return config.cluster.termination_grace_period_seconds - SHUTDOWN_MARGIN_SECONDS
 
 
 def _secret_env(secret: str, key: str, optional: bool) -> k8s.V1EnvVar:
@@ -200,6 +211,8 @@ def pod_template(request: TrainRequest, name: str) -> k8s.V1PodTemplateSpec:
     spec = k8s.V1PodSpec(
         containers=[container],
         service_account_name=cluster.service_account,
+        # Time for the SIGTERM checkpoint and its upload (Kubernetes' default of 30 s equals torchrun's own).
+        termination_grace_period_seconds=cluster.termination_grace_period_seconds,
         # The trainer talks to object storage and MLflow, never to the Kubernetes API.
         automount_service_account_token=False,
         node_selector=dict(cluster.node_selector) or None,

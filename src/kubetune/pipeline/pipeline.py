@@ -9,6 +9,7 @@ from typing import NamedTuple
 
 from kfp import dsl, kubernetes
 
+from kubetune.cluster.job import MLFLOW_SECRET_KEYS
 from kubetune.config import ClusterConfig
 from kubetune.pipeline.components import evaluate, preprocess, tokenize, train, validate
 
@@ -73,22 +74,25 @@ def kubetune_pipeline_for(cluster: ClusterConfig):
             config=checked.outputs["run_config"], model=trained.outputs["model"], data=tokenized.outputs["dataset"],
             mlflow_run_id=checked.outputs["mlflow_run_id"],
         ).set_display_name("evaluate").set_caching_options(False)
-        evaluated.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(1)
-
         for task in (checked, prepared, tokenized, trained, evaluated):
             _use_cluster_settings(task, cluster)
-        for task in (evaluated,):
-            for key, value in cluster.node_selector.items():
-                kubernetes.add_node_selector(task, label_key=key, label_value=value)
-            for toleration in cluster.tolerations:
-                kubernetes.add_toleration(
-                    task, key=toleration.key, operator=toleration.operator, value=toleration.value,
-                    effect=toleration.effect,
-                )
+        if cluster.evaluate_gpus:
+            _use_gpus(evaluated, cluster)
         return PipelineOutputs(model=trained.outputs["model"], evaluation=evaluated.outputs["evaluation"],
                        report=evaluated.outputs["report"])
 
     return kubetune
+
+
+def _use_gpus(task: dsl.PipelineTask, cluster: ClusterConfig) -> None:
+    """A step on the GPU nodes: the GPU request, and the training pods' node selector and tolerations."""
+    task.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(cluster.evaluate_gpus)
+    for key, value in cluster.node_selector.items():
+        kubernetes.add_node_selector(task, label_key=key, label_value=value)
+    for toleration in cluster.tolerations:
+        kubernetes.add_toleration(
+            task, key=toleration.key, operator=toleration.operator, value=toleration.value, effect=toleration.effect,
+        )
 
 
 def _use_cluster_settings(task: dsl.PipelineTask, cluster: ClusterConfig) -> None:
@@ -100,7 +104,7 @@ def _use_cluster_settings(task: dsl.PipelineTask, cluster: ClusterConfig) -> Non
     if cluster.mlflow_secret:
         kubernetes.use_secret_as_env(
             task, secret_name=cluster.mlflow_secret,
-            secret_key_to_env={"MLFLOW_TRACKING_USERNAME": "MLFLOW_TRACKING_USERNAME",
-                               "MLFLOW_TRACKING_PASSWORD": "MLFLOW_TRACKING_PASSWORD"},
+            # A server takes a user and password or a token; each key may be missing from the Secret.
+            secret_key_to_env={key: key for key in MLFLOW_SECRET_KEYS},
             optional=True,
         )
