@@ -358,6 +358,12 @@ class StorageConfig(Section):
     )
     region: str | None = Field(None, description="S3 region; unset: $AWS_DEFAULT_REGION.")
     max_retries: int = Field(5, ge=0, description="Retries of a failed object-storage call, with exponential backoff.")
+    connect_timeout: float = Field(
+        30.0,
+        gt=0,
+        description="Seconds to keep trying to reach the object store at the first contact with a bucket (all "
+        "attempts together) before stopping with an error that names the endpoint; covers a MinIO pod restarting.",
+    )
     runs_uri: str = Field(
         "runs",
         description="Where each pipeline run's training output (checkpoints, model) goes: <runs_uri>/<run id>/train. "

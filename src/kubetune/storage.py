@@ -79,12 +79,13 @@ def check_location(key: str, uri: str, allowed: Collection[str] = (LOCAL, OBJECT
                             f"give {wanted}")
 
 
-def check_output_location(key: str, uri: str, file: bool = False) -> None:
+def check_output_location(key: str, uri: str, file: bool = False, config: StorageConfig | None = None) -> None:
     """Before any work: `uri` (a folder, or a `file`) can be written — its scheme is known, it is not the
     wrong kind of thing, and its nearest existing parent is a folder this process can write into."""
     check_location(key, uri)
     if is_remote(uri):
-        return  # reachability and credentials are checked by the first call to the object store
+        check_reachable(uri, config)  # the endpoint, the credentials and the bucket, before the work
+        return
     path = Path(normalize_uri(uri)).expanduser().absolute()
     if path.is_dir() and file:
         raise KubetuneError(f"{key}: {path} is a folder; give a file name")
@@ -148,14 +149,98 @@ def storage_options(config: StorageConfig | None = None) -> dict[str, Any]:
 
 
 def filesystem(uri: str, config: StorageConfig | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
-    """(filesystem, path within it) for a local path or an object-storage URI."""
+    """(filesystem, path within it) for a local path or an object-storage URI (its bucket reached first)."""
     import fsspec
 
     uri = normalize_uri(uri)
     if is_remote(uri):
+        check_reachable(uri, config)
         fs = fsspec.filesystem("s3", skip_instance_cache=True, **storage_options(config))
         return fs, uri[len("s3://") :]
     return fsspec.filesystem("file"), str(Path(uri).expanduser().resolve())
+
+
+def short_reason(exc: BaseException, limit: int = 160) -> str:
+    """A library's exception as a few words for a one-line error: its type and the first line of its
+    message, capped (botocore, pyarrow and pydantic messages run to many lines)."""
+    text = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+    if len(text) > limit:
+        text = text[: limit - 1].rstrip() + "…"
+    name = type(exc).__name__
+    return f"{name}: {text}" if text and text != name else name
+
+
+def _where(config: StorageConfig | None) -> str:
+    url = endpoint_url(config)
+    return url if url else "AWS's endpoint (storage.endpoint_url and $AWS_ENDPOINT_URL unset)"
+
+
+_NO_CREDENTIALS = ("set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (on a cluster they come from the Secret "
+                   "cluster.storage_secret)")
+_SET_ENDPOINT = "check storage.endpoint_url, $AWS_ENDPOINT_URL or $MLFLOW_S3_ENDPOINT_URL"
+_reached: set[tuple[str | None, str, str | None]] = set()
+
+
+def connect_timeout(config: StorageConfig | None = None) -> float:
+    if config is None:
+        from kubetune.config import StorageConfig
+
+        config = StorageConfig()
+    return config.connect_timeout
+
+
+def check_reachable(uri: str, config: StorageConfig | None = None) -> None:
+    """At the first contact with a bucket: the endpoint answers, there are credentials, the bucket exists.
+
+    One cheap HeadBucket call, retried until `storage.connect_timeout` has passed, then one line naming
+    the URI, the endpoint and what to set — rather than each operation's retries adding up to minutes
+    and ending in a botocore traceback. Any other answer (403 from a policy that allows objects but not
+    the bucket) lets the operation itself go on and report.
+    """
+    import botocore.config
+    import botocore.exceptions as boto
+    import botocore.session
+
+    uri = normalize_uri(uri)
+    bucket = uri[len("s3://") :].split("/", 1)[0]
+    url = endpoint_url(config)
+    key = (url, bucket, os.environ.get("AWS_ACCESS_KEY_ID"))
+    if key in _reached:
+        return
+    limit = connect_timeout(config)
+    region = (config.region if config else None) or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    deadline = time.monotonic() + limit
+    delay = 0.5
+    while True:
+        remaining = max(0.5, deadline - time.monotonic())
+        settings = botocore.config.Config(connect_timeout=min(5.0, remaining), read_timeout=min(10.0, remaining),
+                                          retries={"total_max_attempts": 1})
+        client = botocore.session.get_session().create_client("s3", endpoint_url=url, region_name=region, config=settings)
+        try:
+            client.head_bucket(Bucket=bucket)
+            break
+        except (boto.NoCredentialsError, boto.PartialCredentialsError):
+            raise KubetuneError(f"{uri}: no credentials for the object store at {_where(config)}; {_NO_CREDENTIALS}") from None
+        except boto.ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchBucket"):
+                raise KubetuneError(f"{uri}: the bucket {bucket!r} does not exist at {_where(config)}; create it or "
+                                    f"correct the URI ({_SET_ENDPOINT})") from None
+            break
+        except Exception as exc:  # noqa: BLE001 - a lost connection is retried, anything else re-raised
+            if not _is_transient(exc):
+                raise
+            if time.monotonic() + delay >= deadline:
+                raise KubetuneError(
+                    f"{uri}: cannot reach the object store at {_where(config)} ({short_reason(exc, 80)}) within "
+                    f"{limit:g} s; {_SET_ENDPOINT} (and storage.connect_timeout to wait longer)"
+                ) from None
+            logger.warning("object store at %s not reachable (%s); trying again in %.1fs", _where(config),
+                           type(exc).__name__, delay)
+            time.sleep(delay)
+            delay = min(2 * delay, 5.0)
+        finally:
+            client.close()
+    _reached.add(key)
 
 
 def _causes(exc: BaseException | None) -> Iterator[BaseException]:
@@ -205,11 +290,30 @@ def with_retries(
             return action()
         except Exception as exc:  # noqa: BLE001 - classified below, re-raised when not transient
             if attempt >= attempts or not _is_transient(exc):
-                raise
+                error = _user_error(exc, what, attempt, config)
+                if error is exc:
+                    raise
+                raise error from None
             delay = base_delay * 2 ** (attempt - 1)
             logger.warning("%s failed (%s: %s); retry %d/%d in %.1fs", what, type(exc).__name__, exc, attempt, attempts - 1, delay)
             time.sleep(delay)
     raise AssertionError("unreachable")
+
+
+def _user_error(exc: Exception, what: str, attempts: int, config: StorageConfig | None) -> Exception:
+    """The object store's failures a user fixes, as one line (connection lost for good, no or refused
+    credentials); any other exception as it is (callers catch FileNotFoundError and the like)."""
+    import botocore.exceptions as boto
+
+    if any(isinstance(cause, (boto.NoCredentialsError, boto.PartialCredentialsError)) for cause in _causes(exc)):
+        return KubetuneError(f"{what}: no credentials for the object store at {_where(config)}; {_NO_CREDENTIALS}")
+    if _is_transient(exc):
+        return KubetuneError(f"{what}: lost the connection to the object store at {_where(config)} "
+                             f"({short_reason(exc, 80)}) after {attempts} attempt(s); {_SET_ENDPOINT}")
+    if isinstance(exc, PermissionError):
+        return KubetuneError(f"{what}: the object store at {_where(config)} refused access ({short_reason(exc, 80)}); "
+                             "check the credentials' permissions (AWS_ACCESS_KEY_ID) on this bucket and prefix")
+    return exc
 
 
 def exists(uri: str, config: StorageConfig | None = None) -> bool:

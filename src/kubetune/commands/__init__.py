@@ -44,12 +44,15 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     return load_config(args.config, args.overrides)
 
 
-def check_locations(args: argparse.Namespace, inputs: tuple[str, ...] = (), outputs: tuple[str, ...] = ()) -> None:
-    """Every path argument of a command, checked before its work starts: inputs by scheme, outputs also
-    for being writable (one line naming the option, exit 2)."""
+def check_locations(args: argparse.Namespace, config: RunConfig, inputs: tuple[str, ...] = (),
+                    outputs: tuple[str, ...] = ()) -> None:
+    """Every path argument of a command, checked before its work starts (one line naming the option, exit 2):
+    the scheme, object storage reachable, and outputs writable."""
     from kubetune import storage
 
     for name in inputs:
         storage.check_location(f"--{name}", getattr(args, name))
+        if storage.is_remote(getattr(args, name)):
+            storage.check_reachable(getattr(args, name), config.storage)
     for name in outputs:
-        storage.check_output_location(f"--{name}", getattr(args, name))
+        storage.check_output_location(f"--{name}", getattr(args, name), config=config.storage)

@@ -25,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
     configure_logging()
     try:
         config = config_from_args(args)
-        check_locations(args, inputs=("data",), outputs=("output",))
+        check_locations(args, config, inputs=("data",), outputs=("output",))
         train(config, args.data, args.output)
     except KubetuneError:
         if is_main_process():
