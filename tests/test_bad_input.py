@@ -164,3 +164,37 @@ def test_the_installed_command_prints_one_line(tmp_path: Path):
 def test_an_existing_path_given_as_an_override_says_did_you_mean(capsys, tmp_path: Path):
     assert one_line_error(capsys, "validate", str(tmp_path)) == (
         f"command line: override '{tmp_path}' is not of the form key.sub=value; did you mean --config {tmp_path}?")
+
+
+# --------------------------------------------------------------- library messages, shortened
+def test_short_reason_keeps_the_type_and_the_first_line():
+    from kubetune.errors import short_reason
+
+    assert short_reason(ValueError("first line of a long message\n" + "details " * 100)) == (
+        "ValueError: first line of a long message")
+    assert short_reason(ValueError("x" * 500), limit=20) == "ValueError: " + "x" * 19 + "…"
+    assert short_reason(KeyError()) == "KeyError"
+
+
+def test_an_unreadable_parquet_file_is_one_short_line(capsys, tmp_path: Path):
+    data = tmp_path / "ledger.parquet"
+    data.write_bytes(b"PAR1 this is not parquet at all" * 10)
+    error = one_line_error(capsys, "preprocess", "--output", str(tmp_path / "out"), f"data.uri={data}")
+    assert error.startswith(f"data.uri: cannot read {data} as parquet (ArrowInvalid: ")
+    assert error.endswith("); check the file or set data.format")
+    assert len(error) < 400
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_huge_wrong_value_is_cut_in_the_message(capsys):
+    error = one_line_error(capsys, "validate", "training.batch_size=" + "9" * 300 + "x")
+    assert error.startswith("training.batch_size: Input should be a valid integer, unable to parse string as an "
+                            "integer (got '999")
+    assert error.endswith("…)") and len(error) < 200
+
+
+def test_broken_deepspeed_json_names_line_and_column(capsys, tmp_path: Path):
+    (tmp_path / "ds.json").write_text('{"zero_optimization": {"stage": 2,}}')
+    error = one_line_error(capsys, "validate", "deepspeed.enable=true", f"deepspeed.config_path={tmp_path / 'ds.json'}")
+    assert error == (f"deepspeed.config_path: {tmp_path / 'ds.json'} is not valid JSON (Expecting property name enclosed "
+                     "in double quotes at line 1, column 35)")

@@ -273,8 +273,3 @@ def test_a_connection_lost_for_good_is_one_line(monkeypatch):
                                  "$AWS_ENDPOINT_URL or $MLFLOW_S3_ENDPOINT_URL")
 
 
-def test_short_reason_keeps_the_type_and_the_first_line():
-    error = ValueError("first line of a long library message\n" + "details " * 100)
-    assert storage.short_reason(error) == "ValueError: first line of a long library message"
-    assert storage.short_reason(ValueError("x" * 500), limit=20) == "ValueError: " + "x" * 19 + "…"
-    assert storage.short_reason(KeyError()) == "KeyError"

@@ -26,7 +26,7 @@ from pydantic import (
     model_validator,
 )
 
-from kubetune.errors import ConfigError
+from kubetune.errors import ConfigError, short_reason
 from kubetune.storage import unsupported_scheme
 
 logger = logging.getLogger(__name__)
@@ -555,7 +555,8 @@ def _describe(error: dict[str, Any]) -> str:
     if kind == "missing":
         return f"{key}: required key is missing"
     if "input" in error and kind not in ("model_type", "dict_type"):
-        return f"{key}: {message} (got {error['input']!r})"
+        got = repr(error["input"])
+        return f"{key}: {message} (got {got if len(got) <= 80 else got[:79] + '…'})"
     return f"{key}: {message}"
 
 
@@ -587,11 +588,17 @@ def _inline_deepspeed_json(config: RunConfig, source: str | None, base_dir: Path
     except FileNotFoundError:
         raise ConfigError([f"deepspeed.config_path: file not found: {path_text}"], source) from None
     except json.JSONDecodeError as exc:
-        raise ConfigError([f"deepspeed.config_path: {path_text} is not valid JSON ({exc})"], source) from None
+        raise ConfigError([f"deepspeed.config_path: {path_text} is not valid JSON ({exc.msg} at line {exc.lineno}, "
+                           f"column {exc.colno})"], source) from None
     if not isinstance(inline, dict):
         raise ConfigError([f"deepspeed.config_path: {path_text} must hold a JSON object"], source)
     # The resolved config is self-contained: it travels to the training pods as text.
     config.deepspeed = DeepSpeedConfig(**{**config.deepspeed.model_dump(), "config_path": None, "config": inline})
+
+
+def _yaml_where(exc: yaml.YAMLError) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    return f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -616,9 +623,8 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError([f"not valid YAML{where}: {getattr(exc, 'problem', exc)}"], str(path)) from None
+        raise ConfigError([f"not valid YAML{_yaml_where(exc)}: {getattr(exc, 'problem', None) or short_reason(exc)}"],
+                          str(path)) from None
     return data if data is not None else {}
 
 
@@ -644,5 +650,5 @@ def config_from_yaml_text(text: str, source: str = "config") -> RunConfig:
     try:
         data = yaml.safe_load(text) if text.strip() else {}
     except yaml.YAMLError as exc:
-        raise ConfigError([f"not valid YAML: {exc}"], source) from None
+        raise ConfigError([f"not valid YAML{_yaml_where(exc)}: {short_reason(exc)}"], source) from None
     return validate_config(data or {}, source=source)

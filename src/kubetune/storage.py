@@ -23,7 +23,7 @@ from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from kubetune.errors import KubetuneError
+from kubetune.errors import KubetuneError, short_reason
 
 if TYPE_CHECKING:
     import fsspec
@@ -158,16 +158,6 @@ def filesystem(uri: str, config: StorageConfig | None = None) -> tuple[fsspec.Ab
         fs = fsspec.filesystem("s3", skip_instance_cache=True, **storage_options(config))
         return fs, uri[len("s3://") :]
     return fsspec.filesystem("file"), str(Path(uri).expanduser().resolve())
-
-
-def short_reason(exc: BaseException, limit: int = 160) -> str:
-    """A library's exception as a few words for a one-line error: its type and the first line of its
-    message, capped (botocore, pyarrow and pydantic messages run to many lines)."""
-    text = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
-    if len(text) > limit:
-        text = text[: limit - 1].rstrip() + "…"
-    name = type(exc).__name__
-    return f"{name}: {text}" if text and text != name else name
 
 
 def _where(config: StorageConfig | None) -> str:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from kubetune.config import RunConfig
 from kubetune.data.labels import LabelMap
-from kubetune.errors import ConfigError, DataError, KubetuneError
+from kubetune.errors import ConfigError, DataError, KubetuneError, short_reason
 from kubetune.hub import resolve_model_path
 from kubetune.train.metrics import METRIC_NAMES, TOP_K
 
@@ -168,7 +168,7 @@ def check_model(config: RunConfig, model_path: str) -> Any:
     try:
         return AutoConfig.from_pretrained(model_path, trust_remote_code=config.model.trust_remote_code)
     except (OSError, ValueError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = short_reason(exc)
         raise ConfigError([f"model.name: cannot load {name!r} ({reason}); give a model folder, a packaged model or a hub id"]) from None
 
 
@@ -229,7 +229,7 @@ def check_training_keys(config: RunConfig) -> None:
         try:
             import deepspeed  # noqa: F401
         except ImportError as exc:
-            raise KubetuneError(f"deepspeed.enable is true but DeepSpeed cannot be imported ({exc}); install it or set deepspeed.enable: false") from None
+            raise KubetuneError(f"deepspeed.enable is true but DeepSpeed cannot be imported ({short_reason(exc)}); install it or set deepspeed.enable: false") from None
         if config.lora.merge_on_save and zero_stage(config) == 3:
             raise ConfigError(["lora.merge_on_save: merging needs the whole model on one rank, which ZeRO-3 shards; use deepspeed.stage: 2 or merge afterwards"])
 
