@@ -12,12 +12,13 @@ import pytest
 from kubetune.cli import main
 
 
-def one_line_error(capsys: pytest.CaptureFixture, *argv: str) -> str:
+def one_line_error(capsys: pytest.CaptureFixture, *argv: str, logged: bool = False) -> str:
+    """The one error line; `logged`: the command got far enough to log progress (stderr too) first."""
     code = main(list(argv))
     err = capsys.readouterr().err
     assert code == 2, err
     assert "Traceback" not in err
-    [line] = err.splitlines()
+    [line] = [line for line in err.splitlines() if line.startswith("kubetune:")] if logged else err.splitlines()
     assert line.startswith("kubetune: error: ")
     return line.removeprefix("kubetune: error: ")
 
@@ -179,7 +180,7 @@ def test_short_reason_keeps_the_type_and_the_first_line():
 def test_an_unreadable_parquet_file_is_one_short_line(capsys, tmp_path: Path):
     data = tmp_path / "ledger.parquet"
     data.write_bytes(b"PAR1 this is not parquet at all" * 10)
-    error = one_line_error(capsys, "preprocess", "--output", str(tmp_path / "out"), f"data.uri={data}")
+    error = one_line_error(capsys, "preprocess", "--output", str(tmp_path / "out"), f"data.uri={data}", logged=True)
     assert error.startswith(f"data.uri: cannot read {data} as parquet (ArrowInvalid: ")
     assert error.endswith("); check the file or set data.format")
     assert len(error) < 400
@@ -198,3 +199,50 @@ def test_broken_deepspeed_json_names_line_and_column(capsys, tmp_path: Path):
     error = one_line_error(capsys, "validate", "deepspeed.enable=true", f"deepspeed.config_path={tmp_path / 'ds.json'}")
     assert error == (f"deepspeed.config_path: {tmp_path / 'ds.json'} is not valid JSON (Expecting property name enclosed "
                      "in double quotes at line 1, column 35)")
+
+
+# -------------------------------------------------------------------- data present but useless
+def ledger_csv(tmp_path: Path, rows: int = 60, **columns) -> Path:
+    import pandas as pd
+
+    frame = pd.DataFrame({
+        "memo": [""] * rows,
+        "note": [None] * rows,
+        "supplier": [f"supplier {i % 7}" for i in range(rows)],
+        "code": [f"C{i % 3}" for i in range(rows)],
+        **columns,
+    })
+    path = tmp_path / "ledger.csv"
+    frame.to_csv(path, index=False)
+    return path
+
+
+def test_text_columns_empty_in_every_row_are_an_error(capsys, tmp_path: Path):
+    data = ledger_csv(tmp_path)
+    error = one_line_error(capsys, "preprocess", "--output", str(tmp_path / "out"), f"data.uri={data}",
+                           "split.label_column=code", "serialize.text_columns=[memo, note]", logged=True)
+    assert error == ("serialize.text_columns: all 42 rows of the train split serialize to an empty text (no value in "
+                     "memo, note); the model would see nothing: choose columns that hold text")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_separate_split_whose_text_is_empty_in_every_row_is_an_error(capsys, tmp_path: Path):
+    import pandas as pd
+
+    data = ledger_csv(tmp_path, memo=["paper"] * 60)
+    test = tmp_path / "test.csv"
+    pd.DataFrame({"memo": [" "] * 5, "note": [None] * 5, "supplier": ["x"] * 5, "code": ["C1"] * 5}).to_csv(test, index=False)
+    error = one_line_error(capsys, "preprocess", "--output", str(tmp_path / "out"), f"data.uri={data}",
+                           f"data.test_uri={test}", "split.label_column=code", "serialize.text_columns=[memo]",
+                           logged=True)
+    assert error.startswith("serialize.text_columns: all 5 rows of the test split serialize to an empty text")
+
+
+def test_some_rows_with_empty_text_are_only_a_warning(tmp_path: Path):
+    from kubetune.config import load_config
+    from kubetune.data.stages import preprocess
+
+    data = ledger_csv(tmp_path, memo=["paper" if i % 2 else "" for i in range(60)])
+    preprocess(load_config(None, [f"data.uri={data}", "split.label_column=code", "serialize.text_columns=[memo]"]),
+               str(tmp_path / "out"))
+    assert (tmp_path / "out" / "_COMPLETE").exists()
