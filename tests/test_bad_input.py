@@ -84,6 +84,12 @@ def test_an_output_under_a_file_is_an_error_before_any_work(capsys, tmp_path: Pa
     assert a_file.read_text() == "mine"
 
 
+def test_runs_under_a_file_is_an_error_before_the_pipeline_starts(capsys, a_file: Path):
+    error = one_line_error(capsys, "run", f"storage.runs_uri={a_file / 'runs'}")
+    assert error == (f"storage.runs_uri: {a_file} is a file, so {a_file / 'runs'} cannot be created in it; "
+                     "choose another path")
+
+
 def test_an_output_that_is_a_file_is_an_error(capsys, a_file: Path):
     error = one_line_error(capsys, "preprocess", "--output", str(a_file), "data.uri=demo://ledger?rows=50")
     assert error == f"--output: {a_file} is a file; give a folder"

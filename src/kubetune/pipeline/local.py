@@ -73,6 +73,7 @@ def run_local(config_path: str | None, overrides: list[str], run_id: str | None 
     config = load_config(config_path or DEFAULT_CONFIG, overrides)
     storage.check_location("storage.runs_uri", config.storage.runs_uri, [storage.LOCAL],
                            why="`kubetune run` keeps its outputs, MLflow store and step cache in a local folder")
+    storage.check_output_location("storage.runs_uri", config.storage.runs_uri)
     config = absolute_local_uris(config)
     if config.cluster.launcher != "local":
         config.cluster = config.cluster.model_copy(update={"launcher": "local"})
