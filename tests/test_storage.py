@@ -273,3 +273,30 @@ def test_a_connection_lost_for_good_is_one_line(monkeypatch):
                                  "$AWS_ENDPOINT_URL or $MLFLOW_S3_ENDPOINT_URL")
 
 
+
+
+def test_missing_credentials_met_by_an_operation_are_one_line(monkeypatch):
+    import botocore.exceptions
+
+    def unsigned():
+        try:
+            raise botocore.exceptions.NoCredentialsError()
+        except botocore.exceptions.NoCredentialsError as inner:
+            raise OSError("could not sign") from inner  # how s3fs passes it on
+
+    with pytest.raises(KubetuneError) as caught:
+        storage.with_retries(unsigned, "uploading model.safetensors", config=StorageConfig(endpoint_url="http://m:9000"))
+    assert str(caught.value) == ("uploading model.safetensors: no credentials for the object store at http://m:9000; "
+                                 "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (on a cluster they come from the "
+                                 "Secret cluster.storage_secret)")
+
+
+def test_a_refused_permission_is_one_line():
+    def denied():
+        raise PermissionError("Access Denied\n<Error><Code>AccessDenied</Code>...</Error>")
+
+    with pytest.raises(KubetuneError) as caught:
+        storage.with_retries(denied, "writing s3://b/k", config=StorageConfig(endpoint_url="http://m:9000"))
+    assert str(caught.value) == ("writing s3://b/k: the object store at http://m:9000 refused access (PermissionError: "
+                                 "Access Denied); check the credentials' permissions (AWS_ACCESS_KEY_ID) on this bucket "
+                                 "and prefix")
