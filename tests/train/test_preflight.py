@@ -206,15 +206,17 @@ def test_modules_to_save_the_model_lacks_leaves_a_finished_output_alone(capsys, 
     assert error == "kubetune: error: lora.modules_to_save: BertForSequenceClassification has no module named head"
 
 
-def test_an_error_of_the_model_build_leaves_a_finished_output_alone(capsys, monkeypatch, config, bert_tokenized,
-                                                                    finished_output, tmp_path):
-    """What only building the model can find comes before OUT is opened (not only what preflight checks)."""
-    from kubetune.errors import ConfigError
+@pytest.mark.parametrize("step", ["instantiate_model", "apply_lora", "build_training_arguments", "prepare_resume"])
+def test_an_error_of_a_later_step_leaves_a_finished_output_alone(capsys, monkeypatch, config, bert_tokenized,
+                                                                 finished_output, tmp_path, step: str):
+    """What only building the model, its arguments or the resume can find comes before OUT is opened
+    (not only what preflight checks: e.g. a DeepSpeed checkpoint written by another number of ranks)."""
+    from kubetune.errors import KubetuneError
     from kubetune.train import recipe
 
-    def rejects(_config, _model):
-        raise ConfigError(["lora.r: rejected when the adapters were built"])
+    def rejects(*_args, **_kwargs):
+        raise KubetuneError(f"{step} rejected the input")
 
-    monkeypatch.setattr(recipe, "apply_lora", rejects)
+    monkeypatch.setattr(recipe, step, rejects)
     error = rerun_into_finished(capsys, config, bert_tokenized, finished_output, tmp_path)
-    assert error == "kubetune: error: lora.r: rejected when the adapters were built"
+    assert error == f"kubetune: error: {step} rejected the input"

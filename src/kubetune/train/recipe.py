@@ -5,8 +5,8 @@
       instantiate_model  the base model with one output per label slot
       apply_lora         adapters + a fully trained head (or a full fine-tune)
       build_training_arguments
-      open_output        OUT/config.yaml, run.json, the MLflow run: nothing is written to OUT before this
       prepare_resume     the newest complete checkpoint (downloaded first when OUT is remote)
+      open_output        OUT/config.yaml, run.json, the MLflow run: nothing of a finished OUT changes before this
       fit                the Trainer with the checkpoint, speed, memory, SIGTERM and MLflow callbacks
       evaluate           validation, and test when the data has one, with the final model
       save               rank 0 after a barrier: OUT/model, metadata, metrics, artifacts, OUT/_COMPLETE
@@ -120,9 +120,10 @@ def train(config: RunConfig, data_uri: str, output_uri: str) -> dict[str, float]
         model = instantiate_model(config, run.data.label_map, run.model_path, run.tokenizer)
         model = apply_lora(config, model)
         args = build_training_arguments(config, run.paths.checkpoints, run.precision, run.optimizer, run.configured_state)
-        # OUT is touched only now: whatever the model build rejects leaves a finished output as it was.
-        run.tracker = open_output(config, run.paths)
         run.resumed_from = prepare_resume(run.paths, world_size(), config.deepspeed.enable)
+        # OUT is opened only now: whatever the model build or the checkpoint check rejects leaves a finished
+        # output as it was (prepare_resume only removes checkpoints that were never completed).
+        run.tracker = open_output(config, run.paths)
         trainer = build_trainer(run, model, args)
         train_metrics = fit(trainer, run)
         metrics = evaluate(trainer, run, train_metrics)
