@@ -224,8 +224,9 @@ def check_reachable(uri: str, config: StorageConfig | None = None) -> None:
                     f"{uri}: cannot reach the object store at {_where(config)} ({short_reason(exc, 80)}) within "
                     f"{limit:g} s; {_SET_ENDPOINT} (and storage.connect_timeout to wait longer)"
                 ) from None
-            logger.warning("object store at %s not reachable (%s); trying again in %.1fs", _where(config),
-                           type(exc).__name__, delay)
+            # One notice that it waits (not one per try: the error that may follow is the line that matters).
+            (logger.warning if delay == 0.5 else logger.debug)(
+                "object store at %s not reachable (%s); trying again for up to %g s", _where(config), type(exc).__name__, limit)
             time.sleep(delay)
             delay = min(2 * delay, 5.0)
         finally:
