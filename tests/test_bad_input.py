@@ -90,6 +90,21 @@ def test_runs_under_a_file_is_an_error_before_the_pipeline_starts(capsys, a_file
                      "choose another path")
 
 
+@pytest.mark.parametrize(("command", "kind"), [
+    (["preprocess", "data.uri=NOWHERE/ledger.csv"], "preprocess"),
+    (["tokenize", "--input", "NOWHERE"], "tokenize"),
+    (["evaluate", "--model", "NOWHERE", "--data", "NOWHERE"], "evaluate"),
+])
+def test_an_output_folder_of_the_users_is_refused_before_any_work(capsys, tmp_path: Path, command, kind: str):
+    """Inputs that don't exist: were the output checked only when publishing, they would be the error."""
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "notes.txt").write_text("mine")
+    argv = [a.replace("NOWHERE", str(tmp_path / "nowhere")) for a in command]
+    error = one_line_error(capsys, *argv, "--output", str(tmp_path / "out"))
+    assert error == f"output {tmp_path / 'out'} exists and is not a kubetune {kind} output; choose another path"
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["notes.txt"]
+
+
 def test_an_output_that_is_a_file_is_an_error(capsys, a_file: Path):
     error = one_line_error(capsys, "preprocess", "--output", str(a_file), "data.uri=demo://ledger?rows=50")
     assert error == f"--output: {a_file} is a file; give a folder"

@@ -382,6 +382,21 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def check_replaceable(uri: str, kind: str, config: StorageConfig | None = None) -> None:
+    """`uri` is new, empty or an earlier kubetune `kind` output: what atomic_output_dir may replace.
+    Commands call it before their work too, so a user's folder is refused at the start, not at the end."""
+    uri = normalize_uri(uri)
+    if is_remote(uri):
+        fs, path = filesystem(uri, config)
+        occupied = with_retries(lambda: fs.exists(path) and bool(fs.ls(path)), f"checking {uri}", config=config)
+        if occupied and not is_complete(uri, config):
+            raise KubetuneError(f"output {uri} exists and is not a kubetune {kind} output; choose another path")
+        return
+    out = Path(uri).expanduser().resolve()
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / COMPLETE_MARKER).exists())):
+        raise KubetuneError(f"output {out} exists and is not a kubetune {kind} output; choose another path")
+
+
 @contextlib.contextmanager
 def atomic_output_dir(uri: str, kind: str, config: StorageConfig | None = None) -> Iterator[Path]:
     """Yield a local staging directory; publish it to `uri` only when the body finishes.
@@ -392,16 +407,12 @@ def atomic_output_dir(uri: str, kind: str, config: StorageConfig | None = None) 
     """
     uri = normalize_uri(uri)
     remote = is_remote(uri)
+    check_replaceable(uri, kind, config)
     if remote:
         fs, path = filesystem(uri, config)
-        occupied = with_retries(lambda: fs.exists(path) and bool(fs.ls(path)), f"checking {uri}", config=config)
-        if occupied and not is_complete(uri, config):
-            raise KubetuneError(f"output {uri} exists and is not a kubetune {kind} output; choose another path")
         staging = Path(tempfile.mkdtemp(prefix=f"kubetune-{kind}-"))
     else:
         out = Path(uri).expanduser().resolve()
-        if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / COMPLETE_MARKER).exists())):
-            raise KubetuneError(f"output {out} exists and is not a kubetune {kind} output; choose another path")
         out.parent.mkdir(parents=True, exist_ok=True)
         _clear_stale_staging(out.parent, out.name)
         staging = out.parent / f".{out.name}.staging-{os.getpid()}-{uuid.uuid4().hex[:8]}"

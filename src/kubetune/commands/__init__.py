@@ -45,9 +45,10 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 
 
 def check_locations(args: argparse.Namespace, config: RunConfig, inputs: tuple[str, ...] = (),
-                    outputs: tuple[str, ...] = ()) -> None:
+                    outputs: tuple[str, ...] = (), kind: str | None = None) -> None:
     """Every path argument of a command, checked before its work starts (one line naming the option, exit 2):
-    the scheme, object storage reachable, and outputs writable."""
+    the scheme, object storage reachable, outputs writable and (`kind`: a stage output that
+    storage.atomic_output_dir publishes) not a folder of the user's."""
     from kubetune import storage
 
     for name in inputs:
@@ -56,3 +57,5 @@ def check_locations(args: argparse.Namespace, config: RunConfig, inputs: tuple[s
             storage.check_reachable(getattr(args, name), config.storage)
     for name in outputs:
         storage.check_output_location(f"--{name}", getattr(args, name), config=config.storage)
+        if kind is not None:
+            storage.check_replaceable(getattr(args, name), kind, config.storage)

@@ -21,7 +21,7 @@ def run(args: argparse.Namespace) -> int:
     from kubetune.evaluation import evaluate
 
     config = config_from_args(args)
-    check_locations(args, config, inputs=("model", "data"), outputs=("output",))
+    check_locations(args, config, inputs=("model", "data"), outputs=("output",), kind="evaluate")
     result = evaluate(config, model_uri=args.model, data_uri=args.data, output_uri=args.output,
                       mlflow_run_id=args.mlflow_run_id, split=args.split)
     print_table(["metric", "value"], sorted(result.metrics.items()), title=f"{args.split} metrics")

@@ -19,6 +19,6 @@ def run(args: argparse.Namespace) -> int:
     from kubetune.data.stages import preprocess
 
     config = config_from_args(args)
-    check_locations(args, config, outputs=("output",))
+    check_locations(args, config, outputs=("output",), kind="preprocess")
     preprocess(config, args.output)
     return 0

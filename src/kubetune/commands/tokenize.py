@@ -22,6 +22,6 @@ def run(args: argparse.Namespace) -> int:
     from kubetune.data.stages import tokenize
 
     config = config_from_args(args)
-    check_locations(args, config, inputs=("input",), outputs=("output",))
+    check_locations(args, config, inputs=("input",), outputs=("output",), kind="tokenize")
     tokenize(config, args.input, args.output)
     return 0
