@@ -162,8 +162,9 @@ def test_with_retries_gives_up_after_max_retries(monkeypatch):
         calls.append(1)
         raise ConnectionRefusedError("refused")
 
-    with pytest.raises(ConnectionRefusedError):
+    with pytest.raises(KubetuneError, match=r"after 4 attempt\(s\)") as caught:
         storage.with_retries(down, "reading", config=StorageConfig(max_retries=3), base_delay=0.5)
+    assert isinstance(caught.value.__context__, ConnectionRefusedError)
     assert len(calls) == 4 and delays == [0.5, 1.0, 2.0]
 
 
@@ -190,3 +191,112 @@ def test_a_wrapped_connection_error_is_transient():
     except OSError as outer:
         assert storage._is_transient(outer)
     assert not storage._is_transient(PermissionError("Access Denied"))
+
+
+# ------------------------------------------------------------- unreachable store, missing credentials
+def one_line_cli_error(capsys, *argv: str) -> str:
+    from kubetune.cli import main
+
+    code = main(list(argv))
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err, err
+    [line] = err.splitlines()
+    assert line.startswith("kubetune: error: ")
+    return line
+
+
+def test_an_unreachable_endpoint_is_one_line_within_storage_connect_timeout(capsys, monkeypatch, tmp_path):
+    import time
+
+    from tests.loopback import free_port
+
+    endpoint = f"http://127.0.0.1:{free_port()}"  # nothing listens there: every connection is refused
+    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "key")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+    started = time.monotonic()
+    line = one_line_cli_error(capsys, "preprocess", "--output", "s3://ledgers/pre", "data.uri=demo://ledger?rows=50",
+                              "storage.connect_timeout=3")
+    elapsed = time.monotonic() - started
+    assert line.startswith(f"kubetune: error: s3://ledgers/pre: cannot reach the object store at {endpoint} "
+                           "(EndpointConnectionError: Could not connect to the endpoint URL")
+    assert line.endswith("within 3 s; check storage.endpoint_url, $AWS_ENDPOINT_URL or $MLFLOW_S3_ENDPOINT_URL "
+                         "(and storage.connect_timeout to wait longer)")
+    assert 2 <= elapsed < 10  # it kept trying for the 3 s, and then stopped
+
+
+def test_the_connect_timeout_defaults_to_30_seconds():
+    assert StorageConfig().connect_timeout == 30
+
+
+def test_missing_credentials_are_one_line_naming_the_variables(capsys, monkeypatch, s3_bucket, s3_endpoint, tmp_path):
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    line = one_line_cli_error(capsys, "tokenize", "--input", f"s3://{s3_bucket}/pre", "--output", str(tmp_path / "tok"))
+    assert line == (f"kubetune: error: s3://{s3_bucket}/pre: no credentials for the object store at {s3_endpoint}; set "
+                    "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (on a cluster they come from the Secret "
+                    "cluster.storage_secret)")
+    assert not (tmp_path / "tok").exists()
+
+
+def test_a_bucket_that_does_not_exist_is_one_line(capsys, s3_bucket, s3_endpoint, tmp_path):
+    line = one_line_cli_error(capsys, "preprocess", "--output", f"s3://{s3_bucket}-gone/pre",
+                              "data.uri=demo://ledger?rows=50")
+    assert line == (f"kubetune: error: s3://{s3_bucket}-gone/pre: the bucket '{s3_bucket}-gone' does not exist at "
+                    f"{s3_endpoint}; create it or correct the URI (check storage.endpoint_url, $AWS_ENDPOINT_URL or "
+                    "$MLFLOW_S3_ENDPOINT_URL)")
+
+
+def test_the_bucket_is_checked_once_per_process(s3_bucket, s3_endpoint, monkeypatch):
+    storage.write_text(f"s3://{s3_bucket}/a.txt", "a")
+    with FaultyProxy(s3_endpoint, failures=0, mode="503", match=".txt") as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+        assert storage.read_text(f"s3://{s3_bucket}/a.txt") == "a"
+        assert storage.read_text(f"s3://{s3_bucket}/a.txt") == "a"
+    heads = [r for r in proxy.requests if r[0] == "HEAD" and r[1].rstrip("/") == f"/{s3_bucket}"]
+    assert len(heads) == 1
+
+
+def test_a_connection_lost_for_good_is_one_line(monkeypatch):
+    monkeypatch.setattr(storage.time, "sleep", lambda seconds: None)
+
+    def down():
+        raise ConnectionRefusedError("refused")
+
+    with pytest.raises(KubetuneError) as caught:
+        storage.with_retries(down, "reading s3://b/k", config=StorageConfig(max_retries=1, endpoint_url="http://m:9000"))
+    assert str(caught.value) == ("reading s3://b/k: lost the connection to the object store at http://m:9000 "
+                                 "(ConnectionRefusedError: refused) after 2 attempt(s); check storage.endpoint_url, "
+                                 "$AWS_ENDPOINT_URL or $MLFLOW_S3_ENDPOINT_URL")
+
+
+
+
+def test_missing_credentials_met_by_an_operation_are_one_line(monkeypatch):
+    import botocore.exceptions
+
+    def unsigned():
+        try:
+            raise botocore.exceptions.NoCredentialsError()
+        except botocore.exceptions.NoCredentialsError as inner:
+            raise OSError("could not sign") from inner  # how s3fs passes it on
+
+    with pytest.raises(KubetuneError) as caught:
+        storage.with_retries(unsigned, "uploading model.safetensors", config=StorageConfig(endpoint_url="http://m:9000"))
+    assert str(caught.value) == ("uploading model.safetensors: no credentials for the object store at http://m:9000; "
+                                 "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (on a cluster they come from the "
+                                 "Secret cluster.storage_secret)")
+
+
+def test_a_refused_permission_is_one_line():
+    def denied():
+        raise PermissionError("Access Denied\n<Error><Code>AccessDenied</Code>...</Error>")
+
+    with pytest.raises(KubetuneError) as caught:
+        storage.with_retries(denied, "writing s3://b/k", config=StorageConfig(endpoint_url="http://m:9000"))
+    assert str(caught.value) == ("writing s3://b/k: the object store at http://m:9000 refused access (PermissionError: "
+                                 "Access Denied); check the credentials' permissions (AWS_ACCESS_KEY_ID) on this bucket "
+                                 "and prefix")

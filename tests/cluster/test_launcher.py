@@ -74,7 +74,7 @@ def test_success_streams_the_master_log_once_and_returns_the_job(kube, s3_bucket
     # The job was submitted as built, and the trainer's config waits for it in object storage.
     (post,) = kube.calls("POST", "/pytorchjobs")
     assert json.loads(post.body) == jobs.serialize(jobs.build_pytorchjob(request))
-    assert storage.read_text(f"{request.output_uri}/config.yaml") == request.config.to_yaml()
+    assert storage.read_text(f"{request.output_uri}/launch-config.yaml") == request.config.to_yaml()
     assert kube.calls("DELETE") == []
     assert f"kubectl -n kubeflow get pytorchjobs -l kubetune.io/run-id={RUN_ID}" in out
 

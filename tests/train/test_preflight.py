@@ -160,3 +160,63 @@ def test_empty_test_split_only_skips_the_test_evaluation(config: Path, bert_toke
     metrics = train(load_config(config, ["training.max_steps=2"]), str(data), str(tmp_path / "out"))
     assert "eval_accuracy" in metrics
     assert not [name for name in metrics if name.startswith("test_")]
+
+
+# ------------------------------------------------------------------ a finished output is left alone
+@pytest.fixture(scope="module")
+def finished_output(tiny_bert: Path, bert_tokenized: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """OUT of a finished 2-step training run (it has _COMPLETE, config.yaml, run.json, model/)."""
+    from kubetune.config import load_config
+    from kubetune.train.recipe import train
+
+    root = tmp_path_factory.mktemp("finished")
+    train(load_config(write_config(root / "run.yaml", tiny_bert), ["training.max_steps=2"]), str(bert_tokenized),
+          str(root / "out"))
+    return root / "out"
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def rerun_into_finished(capsys, config: Path, data: Path, finished: Path, tmp_path: Path, *overrides: str) -> str:
+    out = tmp_path / "out"
+    shutil.copytree(finished, out)
+    before = snapshot(out)
+    assert {"_COMPLETE", "config.yaml", "run.json", "model/adapter_model.safetensors"} <= set(before)
+    [error] = run_train(capsys, config, data, out, *overrides)
+    assert snapshot(out) == before
+    return error
+
+
+def test_lora_target_the_model_lacks_leaves_a_finished_output_alone(capsys, config, bert_tokenized, finished_output,
+                                                                    tmp_path):
+    error = rerun_into_finished(capsys, config, bert_tokenized, finished_output, tmp_path,
+                                "lora.target_modules=[query, q_proj]")
+    assert error == (
+        "kubetune: error: lora.target_modules: BertForSequenceClassification has no module named q_proj; its linear "
+        "layers are classifier, dense, key, query, value"
+    )
+
+
+def test_modules_to_save_the_model_lacks_leaves_a_finished_output_alone(capsys, config, bert_tokenized,
+                                                                        finished_output, tmp_path):
+    error = rerun_into_finished(capsys, config, bert_tokenized, finished_output, tmp_path,
+                                "lora.modules_to_save=[head]")
+    assert error == "kubetune: error: lora.modules_to_save: BertForSequenceClassification has no module named head"
+
+
+@pytest.mark.parametrize("step", ["instantiate_model", "apply_lora", "build_training_arguments", "prepare_resume"])
+def test_an_error_of_a_later_step_leaves_a_finished_output_alone(capsys, monkeypatch, config, bert_tokenized,
+                                                                 finished_output, tmp_path, step: str):
+    """What only building the model, its arguments or the resume can find comes before OUT is opened
+    (not only what preflight checks: e.g. a DeepSpeed checkpoint written by another number of ranks)."""
+    from kubetune.errors import KubetuneError
+    from kubetune.train import recipe
+
+    def rejects(*_args, **_kwargs):
+        raise KubetuneError(f"{step} rejected the input")
+
+    monkeypatch.setattr(recipe, step, rejects)
+    error = rerun_into_finished(capsys, config, bert_tokenized, finished_output, tmp_path)
+    assert error == f"kubetune: error: {step} rejected the input"

@@ -24,7 +24,7 @@ from kubernetes.utils import parse_quantity
 from kubetune import __version__, images, storage
 from kubetune.config import RunConfig
 from kubetune.errors import ConfigError, KubetuneError
-from kubetune.launchers import TrainRequest
+from kubetune.launchers import TrainRequest, launch_config_uri
 
 # The Training Operator finds the training container of a PyTorchJob replica by this name.
 CONTAINER_NAME = training_constants.PYTORCHJOB_CONTAINER
@@ -96,7 +96,7 @@ def trainer_command(request: TrainRequest) -> list[str]:
     output = storage.normalize_uri(request.output_uri).rstrip("/")
     return [
         "torchrun", "--module", "kubetune", "train",
-        "--config", f"{output}/config.yaml",
+        "--config", launch_config_uri(output),
         "--data", storage.normalize_uri(request.data_uri),
         "--output", output,
     ]

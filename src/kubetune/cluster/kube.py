@@ -12,7 +12,7 @@ import os
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 
-from kubetune.errors import KubetuneError
+from kubetune.errors import KubetuneError, short_reason
 
 
 def in_cluster() -> bool:
@@ -32,7 +32,7 @@ def configuration() -> k8s.Configuration:
     except (k8s_config.ConfigException, OSError) as exc:
         where = "the pod's service account" if in_cluster() else f"the kubeconfig ({os.environ.get('KUBECONFIG', '~/.kube/config')})"
         raise KubetuneError(
-            f"cannot reach Kubernetes through {where}: {exc}; set KUBECONFIG to a kubeconfig of the cluster "
+            f"cannot reach Kubernetes through {where} ({short_reason(exc)}); set KUBECONFIG to a kubeconfig of the cluster "
             "(cluster.launcher: pytorchjob needs one)"
         ) from None
     return configuration

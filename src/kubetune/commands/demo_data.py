@@ -18,7 +18,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from kubetune.data.demo import write_demo_data
+    from kubetune.storage import LOCAL, check_location, check_output_location
 
+    check_location("OUT", args.output, [LOCAL], why="demo-data writes a local file")
+    check_output_location("OUT", args.output, file=True)
     if is_main_process():
         path = write_demo_data(args.output, args.rows, args.seed)
         print_main(f"wrote {args.rows:,} demo ledger lines (seed {args.seed}) to {path}")

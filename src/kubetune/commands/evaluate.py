@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import argparse
 
-from kubetune.commands import add_config_arguments, config_from_args
+from kubetune.commands import add_config_arguments, check_locations, config_from_args
 
 HELP = "Score a trained model on the test split: metrics, confusion matrix, per-class table and an HTML report."
 
@@ -20,7 +20,9 @@ def run(args: argparse.Namespace) -> int:
     from kubetune.console import print_table
     from kubetune.evaluation import evaluate
 
-    result = evaluate(config_from_args(args), model_uri=args.model, data_uri=args.data, output_uri=args.output,
+    config = config_from_args(args)
+    check_locations(args, config, inputs=("model", "data"), outputs=("output",), kind="evaluate")
+    result = evaluate(config, model_uri=args.model, data_uri=args.data, output_uri=args.output,
                       mlflow_run_id=args.mlflow_run_id, split=args.split)
     print_table(["metric", "value"], sorted(result.metrics.items()), title=f"{args.split} metrics")
     print(f"report: {result.report_path}")

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import argparse
 
-from kubetune.commands import add_config_arguments, config_from_args
+from kubetune.commands import add_config_arguments, check_locations, config_from_args
 
 HELP = ("Load the labelled data, split it into train/validation/test, encode the labels and turn each row "
         "into a text; write a dataset directory (reused when inputs and config are unchanged).")
@@ -18,5 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from kubetune.data.stages import preprocess
 
-    preprocess(config_from_args(args), args.output)
+    config = config_from_args(args)
+    check_locations(args, config, outputs=("output",), kind="preprocess")
+    preprocess(config, args.output)
     return 0

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import argparse
 
-from kubetune.commands import add_config_arguments, config_from_args
+from kubetune.commands import add_config_arguments, check_locations, config_from_args
 from kubetune.commands.preprocess import DEFAULT_OUTPUT as PREPROCESSED
 
 HELP = ("Tokenize a preprocess output with the model's fast tokenizer; write the token ids and "
@@ -21,5 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from kubetune.data.stages import tokenize
 
-    tokenize(config_from_args(args), args.input, args.output)
+    config = config_from_args(args)
+    check_locations(args, config, inputs=("input",), outputs=("output",), kind="tokenize")
+    tokenize(config, args.input, args.output)
     return 0

@@ -3,7 +3,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from kubetune.commands import add_config_arguments, config_from_args
+from kubetune.commands import add_config_arguments, check_locations, config_from_args
 from kubetune.distributed import is_main_process
 from kubetune.errors import EXIT_USER_ERROR, KubetuneError
 
@@ -25,6 +25,7 @@ def run(args: argparse.Namespace) -> int:
     configure_logging()
     try:
         config = config_from_args(args)
+        check_locations(args, config, inputs=("data",), outputs=("output",))
         train(config, args.data, args.output)
     except KubetuneError:
         if is_main_process():

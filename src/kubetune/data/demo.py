@@ -291,6 +291,8 @@ def write_demo_data(path: str | Path, rows: int, seed: int) -> Path:
     """
     path = Path(path).expanduser()
     name = path.name.lower()
+    if not name.endswith((".csv", ".csv.gz", ".parquet", ".jsonl")):  # before the rows are generated
+        raise DataError(f"cannot tell the format of {path.name!r} from its name; end it in .csv, .csv.gz, .parquet or .jsonl")
     frame = generate_ledger(rows, seed)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.partial")
@@ -298,9 +300,7 @@ def write_demo_data(path: str | Path, rows: int, seed: int) -> Path:
         frame.to_csv(partial, index=False, compression="gzip" if name.endswith(".gz") else None)
     elif name.endswith(".parquet"):
         frame.to_parquet(partial, index=False)
-    elif name.endswith(".jsonl"):
-        frame.to_json(partial, orient="records", lines=True, force_ascii=False)
     else:
-        raise DataError(f"cannot tell the format of {path.name!r} from its name; end it in .csv, .csv.gz, .parquet or .jsonl")
+        frame.to_json(partial, orient="records", lines=True, force_ascii=False)
     partial.replace(path)
     return path

@@ -21,7 +21,7 @@ import pandas as pd
 
 from kubetune import storage
 from kubetune.data import demo
-from kubetune.errors import DataError
+from kubetune.errors import DataError, short_reason
 
 if TYPE_CHECKING:
     from kubetune.config import StorageConfig
@@ -93,7 +93,7 @@ def load_table(
         raise
     except (ValueError, OSError, UnicodeDecodeError, pd.errors.ParserError) as exc:
         # pandas and pyarrow report unreadable files with these; the first line says what is wrong.
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        detail = short_reason(exc)
         raise DataError(f"{key}: cannot read {uri} as {fmt} ({detail}); check the file or set data.format") from None
     if len(frame) == 0:
         raise DataError(f"{key}: {uri} has no rows; give a file with data")

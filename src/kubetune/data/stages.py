@@ -332,6 +332,11 @@ def _labelize_and_serialize(
         if split.features["labels"] != datasets.Value("int64"):
             split = split.cast_column("labels", datasets.Value("int64"))
         empty = sum(1 for text in split["text"] if not text)
+        if empty and empty == len(split):
+            raise DataError(
+                f"serialize.text_columns: all {empty:,} rows of the {name} split serialize to an empty text (no value "
+                f"in {', '.join(text_columns)}); the model would see nothing: choose columns that hold text"
+            )
         if empty:
             _warn(warnings, f"serialize: {empty} rows of the {name} split have no value in any of serialize.text_columns "
                             f"({', '.join(text_columns)}); their text is empty")

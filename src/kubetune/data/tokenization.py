@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from kubetune import storage
-from kubetune.errors import KubetuneError
+from kubetune.errors import KubetuneError, short_reason
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -62,7 +62,7 @@ def tokenizer_source(config: RunConfig, scratch: Path) -> Path:
     try:
         return Path(snapshot_download(name, allow_patterns=list(TOKENIZER_FILES)))
     except (OSError, ValueError) as exc:  # huggingface_hub's not-cached, unknown-repo, HTTP and bad-id errors
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        detail = short_reason(exc)
         raise KubetuneError(
             f"{key}: tokenizer {name!r} is neither a local directory nor available offline ({detail}); "
             "give a local model directory, an s3:// model directory or a model in the Hugging Face cache"
@@ -88,7 +88,7 @@ def load_tokenizer(config: RunConfig, source: Path) -> PreTrainedTokenizerBase:
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(source), use_fast=True, trust_remote_code=config.model.trust_remote_code)
     except (OSError, ValueError, KeyError) as exc:
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        detail = short_reason(exc)
         raise KubetuneError(f"{key}: cannot load a tokenizer from {name!r} ({detail}); point {key} at a model directory") from None
     if not tokenizer.is_fast:
         raise KubetuneError(f"{key}: {name!r} has no fast tokenizer (tokenizer.json); choose a model that ships one")

@@ -45,11 +45,22 @@ LAUNCHERS: dict[str, str] = {
 }
 
 
-def write_run_config(request: TrainRequest) -> str:
-    """Put the resolved config at <output>/config.yaml, where the trainer (on any node) reads it."""
+# The config a launcher hands the trainer. Not OUT/config.yaml: that one is the trainer's record of the
+# run that wrote OUT, and a launch whose config the trainer then rejects must leave it as it was.
+LAUNCH_CONFIG_FILE = "launch-config.yaml"
+
+
+def launch_config_uri(output_uri: str) -> str:
     from kubetune import storage
 
-    uri = f"{request.output_uri.rstrip('/')}/config.yaml"
+    return f"{storage.normalize_uri(output_uri).rstrip('/')}/{LAUNCH_CONFIG_FILE}"
+
+
+def write_run_config(request: TrainRequest) -> str:
+    """Put the resolved config at <output>/launch-config.yaml, where the trainer (on any node) reads it."""
+    from kubetune import storage
+
+    uri = launch_config_uri(request.output_uri)
     storage.write_text(uri, request.config.to_yaml(), request.config.storage)
     return uri
 

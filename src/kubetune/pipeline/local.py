@@ -70,11 +70,13 @@ def absolute_local_uris(config: RunConfig) -> RunConfig:
 def run_local(config_path: str | None, overrides: list[str], run_id: str | None = None) -> LocalRunSummary:
     """Run the whole pipeline here; raise KubetuneError with the failing step's message on failure."""
     # Validate here first: a config error is reported before kfp.local starts anything.
-    config = absolute_local_uris(load_config(config_path or DEFAULT_CONFIG, overrides))
+    config = load_config(config_path or DEFAULT_CONFIG, overrides)
+    storage.check_location("storage.runs_uri", config.storage.runs_uri, [storage.LOCAL],
+                           why="`kubetune run` keeps its outputs, MLflow store and step cache in a local folder")
+    storage.check_output_location("storage.runs_uri", config.storage.runs_uri)
+    config = absolute_local_uris(config)
     if config.cluster.launcher != "local":
         config.cluster = config.cluster.model_copy(update={"launcher": "local"})
-    if storage.is_remote(config.storage.runs_uri):
-        raise KubetuneError("storage.runs_uri: `kubetune run` keeps its outputs in a local folder; set a local path")
     runs_dir = Path(config.storage.runs_uri)
     runs_dir.mkdir(parents=True, exist_ok=True)
     run_id = run_id or new_run_id()

@@ -16,7 +16,7 @@ from kubetune.config import LoraConfig as LoraSection
 from kubetune.config import RunConfig
 from kubetune.data.labels import LabelMap
 from kubetune.distributed import print_main
-from kubetune.errors import ConfigError, DataError, KubetuneError
+from kubetune.errors import ConfigError, DataError, KubetuneError, short_reason
 from kubetune.hub import resolve_model_path
 from kubetune.train.loss import mask_dummy_logits
 
@@ -158,7 +158,7 @@ def apply_lora(config: RunConfig, model: PreTrainedModel) -> nn.Module:
         except ValueError as exc:
             raise ConfigError([
                 f"lora.target_modules: {lora.target_modules or 'the default'} matches no layer of "
-                f"{type(model).__name__} ({str(exc).splitlines()[0].rstrip('.')}); its linear layers are "
+                f"{type(model).__name__} ({short_reason(exc).rstrip('.')}); its linear layers are "
                 f"{', '.join(linear_layer_names(model))}"
             ]) from None
     trainable, total = parameter_counts(model)

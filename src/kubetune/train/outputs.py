@@ -1,7 +1,8 @@
 """Where the trainer reads and writes: OUT (a local folder or an object-storage prefix) and local scratch.
 
     OUT/
-      config.yaml          the resolved run config (written at the start, so a killed run still has it)
+      config.yaml          the resolved run config (written once the model is built, so a killed run still has it)
+      launch-config.yaml   the config a launcher handed the trainer (kubetune.launchers.write_run_config)
       run.json             the trainer's own state: the MLflow run to continue after a restart
       checkpoints/checkpoint-<step>/   HF Trainer layout + _COMPLETE (see checkpoints.py)
       model/               the final model, published whole by storage.atomic_output_dir
@@ -33,8 +34,9 @@ CONFIG_FILE = "config.yaml"
 CHECKPOINTS_DIR = "checkpoints"
 MODEL_DIR = "model"
 MLFLOW_DIR = "mlruns"
-# What a launcher may have put into OUT before the trainer starts (kubetune.launchers.write_run_config).
-_PRESEEDED = {CONFIG_FILE}
+# What a launcher may have put into OUT before the trainer starts (kubetune.launchers.write_run_config;
+# config.yaml: where earlier launchers put it).
+_PRESEEDED = {"launch-config.yaml", CONFIG_FILE}
 
 
 @dataclass(frozen=True)

@@ -8,18 +8,21 @@ all ranks together instead of leaving some waiting in a collective.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kubetune.config import RunConfig
 from kubetune.data.labels import LabelMap
-from kubetune.errors import ConfigError, DataError, KubetuneError
+from kubetune.errors import ConfigError, DataError, KubetuneError, short_reason
 from kubetune.hub import resolve_model_path
 from kubetune.train.metrics import METRIC_NAMES, TOP_K
 
 if TYPE_CHECKING:
     from datasets import Dataset, DatasetDict
+
+logger = logging.getLogger(__name__)
 
 REQUIRED_COLUMNS = ("input_ids", "attention_mask", "labels", "length")
 TRAIN, VALIDATION, TEST = "train", "validation", "test"
@@ -165,8 +168,44 @@ def check_model(config: RunConfig, model_path: str) -> Any:
     try:
         return AutoConfig.from_pretrained(model_path, trust_remote_code=config.model.trust_remote_code)
     except (OSError, ValueError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = short_reason(exc)
         raise ConfigError([f"model.name: cannot load {name!r} ({reason}); give a model folder, a packaged model or a hub id"]) from None
+
+
+def check_model_build(config: RunConfig, model_config: Any) -> None:
+    """What building the model would reject (`model.dropout`, `lora.modules_to_save`, `lora.target_modules`),
+    checked on a weightless copy of the architecture: it costs no memory and runs before OUT is touched."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from kubetune.train.model import HEAD_DROPOUT_KEYS, head_module_names, linear_layer_names
+
+    if config.model.dropout is not None and not any(hasattr(model_config, key) for key in HEAD_DROPOUT_KEYS):
+        raise ConfigError([
+            f"model.dropout: {type(model_config).__name__} has no dropout in front of its classification head; "
+            "remove model.dropout"
+        ])
+    lora = config.lora
+    if not lora.enable:
+        return
+    try:
+        with torch.device("meta"):
+            skeleton = AutoModelForSequenceClassification.from_config(
+                model_config, trust_remote_code=config.model.trust_remote_code)
+    except (OSError, ValueError) as exc:
+        # Not fatal here: instantiate_model loads the real thing and reports its own error.
+        logger.debug("no weightless copy of %s (%s); LoRA targets are checked when the model is built", config.model.name, exc)
+        return
+    head_module_names(skeleton, lora)
+    if isinstance(lora.target_modules, list):
+        names = [name for name, _ in skeleton.named_modules()]
+        # PEFT's rule for a list: a module matches when its name is the target or ends with ".target".
+        missing = [t for t in lora.target_modules if not any(n == t or n.endswith(f".{t}") for n in names)]
+        if missing:
+            raise ConfigError([
+                f"lora.target_modules: {type(skeleton).__name__} has no module named {', '.join(missing)}; its "
+                f"linear layers are {', '.join(linear_layer_names(skeleton))}"
+            ])
 
 
 def looks_like_path(name: str) -> bool:
@@ -190,7 +229,7 @@ def check_training_keys(config: RunConfig) -> None:
         try:
             import deepspeed  # noqa: F401
         except ImportError as exc:
-            raise KubetuneError(f"deepspeed.enable is true but DeepSpeed cannot be imported ({exc}); install it or set deepspeed.enable: false") from None
+            raise KubetuneError(f"deepspeed.enable is true but DeepSpeed cannot be imported ({short_reason(exc)}); install it or set deepspeed.enable: false") from None
         if config.lora.merge_on_save and zero_stage(config) == 3:
             raise ConfigError(["lora.merge_on_save: merging needs the whole model on one rank, which ZeRO-3 shards; use deepspeed.stage: 2 or merge afterwards"])
 

@@ -6,6 +6,7 @@
       apply_lora         adapters + a fully trained head (or a full fine-tune)
       build_training_arguments
       prepare_resume     the newest complete checkpoint (downloaded first when OUT is remote)
+      open_output        OUT/config.yaml, run.json, the MLflow run: nothing of a finished OUT changes before this
       fit                the Trainer with the checkpoint, speed, memory, SIGTERM and MLflow callbacks
       evaluate           validation, and test when the data has one, with the final model
       save               rank 0 after a barrier: OUT/model, metadata, metrics, artifacts, OUT/_COMPLETE
@@ -66,6 +67,7 @@ from kubetune.train.preflight import (
     TrainingData,
     check_metric_available,
     check_model,
+    check_model_build,
     check_training_keys,
     check_vocabulary,
     load_training_data,
@@ -103,7 +105,7 @@ class TrainingRun:
     precision: Precision
     optimizer: str
     configured_state: bool
-    tracker: Tracker
+    tracker: Tracker = field(default_factory=Tracker.disabled)  # opened with OUT, once the model is built
     speed: SpeedCallback = field(default_factory=SpeedCallback)
     sigterm: SigtermCheckpointCallback = field(default_factory=SigtermCheckpointCallback)
     input_columns: list[str] = field(default_factory=list)
@@ -119,6 +121,9 @@ def train(config: RunConfig, data_uri: str, output_uri: str) -> dict[str, float]
         model = apply_lora(config, model)
         args = build_training_arguments(config, run.paths.checkpoints, run.precision, run.optimizer, run.configured_state)
         run.resumed_from = prepare_resume(run.paths, world_size(), config.deepspeed.enable)
+        # OUT is opened only now: whatever the model build or the checkpoint check rejects leaves a finished
+        # output as it was (prepare_resume only removes checkpoints that were never completed).
+        run.tracker = open_output(config, run.paths)
         trainer = build_trainer(run, model, args)
         train_metrics = fit(trainer, run)
         metrics = evaluate(trainer, run, train_metrics)
@@ -164,11 +169,11 @@ def setup(config: RunConfig, data_uri: str, output_uri: str) -> TrainingRun:
     check_metric_available(config, data.label_map)
     model_path = resolve_model_name(config, model_copy)
     model_config = check_model(config, model_path)
+    check_model_build(config, model_config)
     check_vocabulary(data.splits, getattr(model_config, "vocab_size", None), config)
     tokenizer_path = model_path if config.tokenize.model_name in (None, config.model.name) else resolve_model_name(config, None)
     tokenizer = load_tokenizer(tokenizer_path, config.model.trust_remote_code)
 
-    tracker = open_output(config, paths)
     label_map = data.label_map
     print_main(
         f"training {config.model.name} on {len(data.splits[TRAIN]):,} rows ({label_map.num_real_labels} classes in "
@@ -177,7 +182,7 @@ def setup(config: RunConfig, data_uri: str, output_uri: str) -> TrainingRun:
     )
     return TrainingRun(config=config, data_uri=data_uri, paths=paths, data=data, model_path=model_path,
                        tokenizer=tokenizer, precision=precision, optimizer=optimizer,
-                       configured_state=configured_state, tracker=tracker)
+                       configured_state=configured_state)
 
 
 def stage_inputs(config: RunConfig, data_uri: str, paths: OutputPaths) -> tuple[Path, Path | None]:
