@@ -42,7 +42,7 @@ def run_step(name: str, body: Callable[[], T]) -> T:
     except KubetuneError as error:
         for line in str(error).splitlines():
             print(f"kubetune: error: {line}", file=sys.stderr, flush=True)
-        raise SystemExit(EXIT_USER_ERROR) from None
+        raise SystemExit(getattr(error, "exit_code", EXIT_USER_ERROR)) from None  # 143: stopped by SIGTERM
     _record_timing(name, time.perf_counter() - started)
     return result
 
