@@ -1,4 +1,5 @@
-"""kubetune's torchrun: which line and exit code a run's ending gets, from what its ranks said."""
+"""kubetune's torchrun: which line and exit code a run's ending gets, from what its ranks said; and the
+one-rank-per-GPU check that runs before the local launcher starts anything."""
 
 from __future__ import annotations
 
@@ -6,7 +7,14 @@ import json
 import signal
 from pathlib import Path
 
+import pytest
+
+from kubetune.config import load_config
+from kubetune.errors import ConfigError
+from kubetune.launchers import TrainRequest
+from kubetune.launchers.local import LocalLauncher
 from kubetune.launchers.torchrun import OUTCOME_DIR_ENV, Outcome, read_outcomes, record_rank_outcome, verdict
+from kubetune.train.arguments import check_gpu_ranks, init_distributed
 
 BAD = "training.metric_for_best_model: top5_accuracy needs more than 5 classes and the data has 4; choose macro_f1 or accuracy"
 STOPPED = "stopped by SIGTERM at step 12 after saving checkpoint-12 to /out/checkpoints; run the same command to resume"
@@ -58,3 +66,42 @@ def test_a_rank_records_its_outcome_for_the_wrapper_and_for_plain_torchrun(tmp_p
     failure = ProcessFailure(local_rank=1, pid=1, exitcode=2, error_file=str(tmp_path / "error.json"))
     assert failure.message["message"] == BAD
     assert json.loads((tmp_path / "error.json").read_text())["message"]["extraInfo"]["py_callstack"] == BAD
+
+
+# ------------------------------------------------------------------------------------ ranks per GPU
+@pytest.fixture
+def one_gpu(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+
+
+GPU_ERROR = (r"^cluster\.gpus_per_worker: 2 ranks per node \(torchrun --nproc_per_node\) but this machine has 1 GPU; "
+             r"set cluster\.gpus_per_worker: 1 \(one rank per GPU\)$")
+
+
+def test_more_ranks_than_gpus_is_refused_before_the_launcher_starts_anything(one_gpu, tmp_path: Path):
+    config = load_config(None, ["cluster.gpus_per_worker=2"])
+    request = TrainRequest(config=config, data_uri=str(tmp_path / "data"), output_uri=str(tmp_path / "out"), run_id="r")
+    with pytest.raises(ConfigError, match=GPU_ERROR):
+        LocalLauncher().launch(request)
+    assert not (tmp_path / "out").exists()  # not even config.yaml was written
+
+
+def test_more_ranks_than_gpus_is_refused_by_the_trainer_under_plain_torchrun(one_gpu, monkeypatch):
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match=GPU_ERROR):
+        init_distributed(load_config(None))
+
+
+def test_as_many_ranks_as_gpus_pass(one_gpu):
+    check_gpu_ranks(1)
+
+
+def test_without_a_gpu_cpu_ranks_are_allowed(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    check_gpu_ranks(2)

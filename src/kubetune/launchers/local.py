@@ -1,7 +1,8 @@
 """The `local` launcher: torchrun on this machine, the way the PyTorchJob runs it in each pod.
 
 Without a GPU, torchrun starts `cluster.gpus_per_worker` CPU ranks (DeepSpeed's CPU accelerator and
-gloo), so the distributed path that runs on the cluster is the one exercised here.
+gloo), so the distributed path that runs on the cluster is the one exercised here. With GPUs, it
+refuses to start more ranks than there are GPUs (a rank on a missing `cuda:1` fails deep inside).
 
 torchrun runs through kubetune.launchers.torchrun, which turns the ranks' endings into one line and
 an exit code; the launcher raises that line as a KubetuneError (exit 2) or Terminated (exit 143).
@@ -21,6 +22,7 @@ from pathlib import Path
 from kubetune.errors import EXIT_TERMINATED, KubetuneError, Terminated
 from kubetune.launchers import TrainRequest, TrainResult, write_run_config
 from kubetune.launchers.torchrun import FAILURE_FILE_ENV
+from kubetune.train.arguments import check_gpu_ranks
 
 
 def _free_port() -> int:
@@ -52,6 +54,7 @@ def trainer_environment(request: TrainRequest) -> dict[str, str]:
 
 class LocalLauncher:
     def launch(self, request: TrainRequest) -> TrainResult:
+        check_gpu_ranks(request.config.cluster.gpus_per_worker)  # before anything starts or is written
         config_uri = write_run_config(request)
         command = torchrun_command(request, config_uri)
         print("launching: " + " ".join(command[1:]), flush=True)
