@@ -147,8 +147,10 @@ def test_sigterm_to_the_local_launcher_exits_143_and_the_rerun_resumes(config: P
     assert code == 143, stderr[-5000:]
     step = stopped_step(stderr, out)
     assert "ChildFailedError" not in stderr and "Traceback" not in stderr
-    [line] = [line for line in stderr.splitlines() if line.startswith("kubetune:")]
-    assert line.startswith(f"kubetune: error: stopped by SIGTERM at step {step} after saving checkpoint-{step}")
+    assert [line for line in stderr.splitlines() if line.startswith("kubetune:")] == [
+        f"kubetune: stopped by SIGTERM at step {step} after saving checkpoint-{step} to {out}/checkpoints; "
+        "run the same command to resume"
+    ]
 
     again = subprocess.run(step_command(config, data, out), cwd=REPO_ROOT, env=environment(), capture_output=True,
                            text=True, timeout=600)

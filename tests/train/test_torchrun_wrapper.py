@@ -105,3 +105,16 @@ def test_without_a_gpu_cpu_ranks_are_allowed(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
     check_gpu_ranks(2)
+
+
+def test_the_train_step_ends_143_with_the_stop_line_after_sigterm(capsys):
+    from kubetune.errors import Terminated
+    from kubetune.pipeline.steps import run_step
+
+    def stopped():
+        raise Terminated(STOPPED)
+
+    with pytest.raises(SystemExit) as exited:
+        run_step("train", stopped)
+    assert exited.value.code == 143
+    assert capsys.readouterr().err == f"kubetune: {STOPPED}\n"
