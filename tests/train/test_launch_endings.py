@@ -4,6 +4,7 @@ detected inside the trainer ends the launcher's step with one `kubetune: error:`
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -103,11 +104,24 @@ def sigterm_after_the_first_epoch(command: list[str]) -> tuple[int, str, str]:
     return process.returncode, "".join(seen) + stdout, stderr
 
 
-def assert_same_model(out: Path, reference: Path) -> None:
+def logged_steps(out: Path, after: int) -> list[dict]:
+    state = json.loads((out / "checkpoints" / f"checkpoint-{MAX_STEPS}" / "trainer_state.json").read_text())
+    return [entry for entry in state["log_history"] if "loss" in entry and entry["step"] > after]
+
+
+def assert_same_run(out: Path, reference: Path, resumed_at: int) -> None:
+    """The same step count, adapter and head weights (bit for bit), per-step losses, learning rates and
+    gradient norms after the resume point, and train_loss, as the unbroken run."""
     expected, got = load_file(reference / "model" / "adapter_model.safetensors"), load_file(out / "model" / "adapter_model.safetensors")
-    assert sorted(got) == sorted(expected)
+    assert sorted(got) == sorted(expected) and any("classifier" in name for name in expected)
     for name, tensor in expected.items():
         assert torch.equal(got[name], tensor), name
+    after = logged_steps(reference, resumed_at)
+    assert [entry["step"] for entry in after] == list(range(resumed_at + 1, MAX_STEPS + 1))
+    assert logged_steps(out, resumed_at) == after
+    metrics, reference_metrics = (json.loads((o / "model" / "training_metrics.json").read_text()) for o in (out, reference))
+    assert metrics["global_step"] == reference_metrics["global_step"] == MAX_STEPS
+    assert metrics["train_loss"] == reference_metrics["train_loss"]
 
 
 def stopped_step(stderr: str, out: Path) -> int:
@@ -137,7 +151,7 @@ def test_sigterm_to_torchrun_exits_143_and_the_rerun_matches_an_unbroken_run(con
                            text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-5000:]
     assert f"resuming from checkpoint-{step}" in again.stdout
-    assert_same_model(out, unbroken)
+    assert_same_run(out, unbroken, step)
 
 
 def test_sigterm_to_the_local_launcher_exits_143_and_the_rerun_resumes(config: Path, data: Path, unbroken: Path,
@@ -156,7 +170,7 @@ def test_sigterm_to_the_local_launcher_exits_143_and_the_rerun_resumes(config: P
                            text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-5000:]
     assert f"resuming from checkpoint-{step}" in again.stdout
-    assert_same_model(out, unbroken)
+    assert_same_run(out, unbroken, step)
 
 
 def test_a_user_error_inside_the_trainer_is_one_line_and_exit_2(config: Path, data: Path, tmp_path: Path):
