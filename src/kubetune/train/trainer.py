@@ -96,8 +96,8 @@ class KubetuneTrainer(Trainer):
         return self._train_sampler
 
     def _run_epoch(self, model: Any, epoch: int, *args: Any, **kwargs: Any) -> Any:
-        # Set here, not only through accelerate's DataLoaderShard.set_epoch: after a resume the loader is
-        # rebuilt by skip_first_batches and the sampler sits one wrapper deeper than set_epoch reaches.
+        # Set here, before the epoch's iterator is made, so the order doesn't hang on accelerate forwarding
+        # set_epoch through whichever wrappers it put around the sampler (shards, skip_first_batches).
         if self._train_sampler is not None:
             self._train_sampler.set_epoch(epoch)
         self._take_back_loss()
