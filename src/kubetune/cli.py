@@ -62,7 +62,7 @@ def report_error(error: KubetuneError) -> int:
     """Print a user error as one line per problem (no traceback); return the exit code."""
     for line in str(error).splitlines():
         print(f"kubetune: error: {line}", file=sys.stderr)
-    return EXIT_USER_ERROR
+    return getattr(error, "exit_code", EXIT_USER_ERROR)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

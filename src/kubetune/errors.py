@@ -8,10 +8,19 @@ the config key or data column, and say what to do.
 from __future__ import annotations
 
 EXIT_USER_ERROR = 2
+EXIT_TERMINATED = 143  # 128 + SIGTERM, what Kubernetes and shells expect from a process stopped by it
 
 
 class KubetuneError(Exception):
     """A problem with the user's input (config, data, paths) — reported without a traceback."""
+
+    exit_code = EXIT_USER_ERROR
+
+
+class Terminated(KubetuneError):
+    """Training was stopped by SIGTERM after saving a checkpoint (reported in one line, exit 143)."""
+
+    exit_code = EXIT_TERMINATED
 
 
 class ConfigError(KubetuneError):

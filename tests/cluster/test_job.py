@@ -94,7 +94,7 @@ def test_job_from_shipped_config(path, monkeypatch):
         assert container["name"] == "pytorch"
         assert container["image"] == (cluster.image or images.TRAINER_IMAGE)
         assert container["command"] == [
-            "torchrun", "--module", "kubetune", "train",
+            "python", "-m", "kubetune.launchers.torchrun", "--module", "kubetune", "train",
             "--config", f"{OUTPUT_URI}/launch-config.yaml",
             "--data", "s3://mlpipeline/v2/artifacts/kubetune/tokenize/dataset",
             "--output", OUTPUT_URI,

@@ -59,6 +59,7 @@ def build_tokenized(
     from transformers import AutoTokenizer
 
     from kubetune.data.labels import LabelMap
+    from kubetune.data.tokenization import tokenizer_files_digest
 
     # Odd evaluation sizes: the last batch of each rank is uneven, which gathering across ranks must handle.
     sizes = sizes or {"train": 256, "validation": 61, "test": 59}
@@ -88,7 +89,9 @@ def build_tokenized(
         "class_counts": class_counts,
         "split": {"method": "fixed", "seed": seed},
         "created_at": "2026-01-01T00:00:00+00:00",
-        "tokenize": {"tokenizer": str(tokenizer_dir), "max_length": 32, "cache_key": "toy"},
+        # what the tokenize stage records: the trainer checks it uses a tokenizer with these files
+        "tokenize": {"tokenizer": str(tokenizer_dir), "tokenizer_hash": tokenizer_files_digest(tokenizer_dir),
+                     "max_length": 32, "cache_key": "toy"},
     }
     (directory / "dataset_metadata.json").write_text(json.dumps(metadata, indent=2))
     return directory

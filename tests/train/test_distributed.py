@@ -90,6 +90,7 @@ def test_zero2_checkpoints_hold_each_ranks_optimizer_shard(reference_run):
     shards = sorted(p.name for p in (newest / f"global_step{MAX_STEPS}").glob("*optim_states.pt"))
     assert shards == ["zero_pp_rank_0_mp_rank_00_optim_states.pt", "zero_pp_rank_1_mp_rank_00_optim_states.pt"]
     assert sorted(p.name for p in newest.glob("rng_state_*.pth")) == ["rng_state_0.pth", "rng_state_1.pth"]
+    assert sorted(p.name for p in newest.glob("loss_state_*.json")) == ["loss_state_0.json", "loss_state_1.json"]
 
 
 def test_mlflow_gets_each_metric_once_from_rank_zero(reference_run, mlflow_server: str):

@@ -19,6 +19,7 @@ from .conftest import write_config
 CHECKPOINT_FILES = {
     "README.md", "_COMPLETE", "adapter_config.json", "adapter_model.safetensors", "optimizer.pt", "rng_state.pth",
     "scheduler.pt", "tokenizer.json", "tokenizer_config.json", "trainer_state.json", "training_args.bin",
+    "loss_state_0.json",  # kubetune.train.trainer.LOSS_STATE: the running loss a resume continues
 }
 MODEL_FILES = {
     "README.md", "_COMPLETE", "adapter_config.json", "adapter_model.safetensors", "label_map.json",

@@ -1,7 +1,8 @@
 """The PyTorchJob that runs the trainer: built from the run config as typed SDK objects.
 
 One Master and `cluster.workers - 1` Workers, each pod running
-`torchrun --module kubetune train ...` on `cluster.gpus_per_worker` GPUs. The Training Operator sets
+`python -m kubetune.launchers.torchrun --module kubetune train ...` (torchrun with kubetune's exit
+codes) on `cluster.gpus_per_worker` GPUs. The Training Operator sets
 PET_NNODES / PET_NODE_RANK / PET_MASTER_ADDR / PET_MASTER_PORT / PET_NPROC_PER_NODE in every pod,
 and torchrun reads them, so the command is the same on every replica.
 
@@ -94,8 +95,10 @@ def labels(run_id: str, name: str) -> dict[str, str]:
 
 def trainer_command(request: TrainRequest) -> list[str]:
     output = storage.normalize_uri(request.output_uri).rstrip("/")
+    # kubetune's torchrun (the same agent and arguments): exit 143 when the kubelet's SIGTERM stopped
+    # training after a checkpoint, 2 and one line for a user error on any rank (not torchrun's exit 1).
     return [
-        "torchrun", "--module", "kubetune", "train",
+        "python", "-m", "kubetune.launchers.torchrun", "--module", "kubetune", "train",
         "--config", launch_config_uri(output),
         "--data", storage.normalize_uri(request.data_uri),
         "--output", output,

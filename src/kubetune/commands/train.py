@@ -20,6 +20,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Exit 0, 2 after a user error (on any rank), 143 after SIGTERM (with a checkpoint saved).
+
+    Under torchrun a rank that stops records why (kubetune.launchers.torchrun): that wrapper (the local
+    launcher's and the pods' torchrun) then reports the one line itself, so the ranks stay quiet; under
+    plain torchrun rank 0 prints it, and torchrun's failure summary shows any rank's line."""
+    from kubetune.launchers.torchrun import record_rank_outcome, under_wrapper
     from kubetune.train.recipe import TrainingInterrupted, configure_logging, train
 
     configure_logging()
@@ -27,12 +33,14 @@ def run(args: argparse.Namespace) -> int:
         config = config_from_args(args)
         check_locations(args, config, inputs=("data",), outputs=("output",))
         train(config, args.data, args.output)
-    except KubetuneError:
-        if is_main_process():
+    except KubetuneError as error:
+        record_rank_outcome(EXIT_USER_ERROR, str(error))
+        if is_main_process() and not under_wrapper():
             raise  # the CLI prints it, one line per problem
-        return EXIT_USER_ERROR  # every rank hits the same input problem; rank 0 has said it
+        return EXIT_USER_ERROR  # every rank usually hits the same input problem: one report is enough
     except TrainingInterrupted as stop:
-        if is_main_process():
+        record_rank_outcome(stop.exit_code, str(stop))
+        if is_main_process() and not under_wrapper():
             print(f"kubetune: {stop}", file=sys.stderr)
         return stop.exit_code
     return 0

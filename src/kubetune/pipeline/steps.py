@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import yaml
 
 from kubetune.config import RunConfig, config_from_yaml_text, deep_merge, parse_overrides, validate_config
-from kubetune.errors import EXIT_USER_ERROR, KubetuneError
+from kubetune.errors import EXIT_USER_ERROR, KubetuneError, Terminated
 
 T = TypeVar("T")
 
@@ -40,9 +40,10 @@ def run_step(name: str, body: Callable[[], T]) -> T:
     try:
         result = body()
     except KubetuneError as error:
+        prefix = "kubetune: " if isinstance(error, Terminated) else "kubetune: error: "
         for line in str(error).splitlines():
-            print(f"kubetune: error: {line}", file=sys.stderr, flush=True)
-        raise SystemExit(EXIT_USER_ERROR) from None
+            print(f"{prefix}{line}", file=sys.stderr, flush=True)
+        raise SystemExit(getattr(error, "exit_code", EXIT_USER_ERROR)) from None  # 2, or 143 after SIGTERM
     _record_timing(name, time.perf_counter() - started)
     return result
 

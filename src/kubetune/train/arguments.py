@@ -94,6 +94,21 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def check_gpu_ranks(ranks: int) -> None:
+    """One rank per GPU: more ranks on a node than it has GPUs would put a rank on a missing `cuda:N` and
+    fail deep inside; no GPU at all means CPU ranks (gloo), which is allowed."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return
+    found = torch.cuda.device_count()
+    if ranks > found:
+        raise ConfigError([
+            f"cluster.gpus_per_worker: {ranks} ranks per node (torchrun --nproc_per_node) but this machine has "
+            f"{found} GPU{'' if found == 1 else 's'}; set cluster.gpus_per_worker: {found} (one rank per GPU)"
+        ])
+
+
 def init_distributed(config: RunConfig) -> bool:
     """Start the process group the way the Trainer needs it; True when TrainingArguments must reuse it.
 
@@ -102,6 +117,7 @@ def init_distributed(config: RunConfig) -> bool:
     """
     from accelerate.state import AcceleratorState, PartialState
 
+    check_gpu_ranks(int(os.environ.get("LOCAL_WORLD_SIZE", "1")))  # torchrun's ranks on this node
     use_deepspeed = config.deepspeed.enable
     if world_size() == 1 and not use_deepspeed:
         return False

@@ -217,6 +217,39 @@ def resolve_model_name(config: RunConfig, local_copy: Path | None) -> str:
     return str(local_copy) if local_copy is not None else resolve_model_path(config.model.name)
 
 
+def stage_tokenizer(config: RunConfig, model_path: str, scratch: Path) -> Path:
+    """A local folder with the tokenizer training uses, `config.tokenizer_name` (tokenize.model_name, else the
+    base model's), found the way the tokenize stage found it: a local or packaged model, the tokenizer
+    files of an s3:// model, or the Hugging Face cache."""
+    from kubetune.data.tokenization import tokenizer_source
+    from kubetune.distributed import rank
+
+    if config.tokenize.model_name in (None, config.model.name) and Path(model_path).is_dir():
+        return Path(model_path)  # the base model's folder, already local (an s3:// model was downloaded)
+    # Each rank fetches its own copy (a few small files): no rank reads a folder another is writing.
+    return tokenizer_source(config, scratch / f"tokenizer-rank-{rank()}")
+
+
+def check_tokenizer(config: RunConfig, data: TrainingData, data_uri: str, source: Path) -> None:
+    """The tokenizer must be the one the data was tokenized with (its files' hash, in dataset_metadata.json):
+    with another, batches are padded with the wrong id and OUT/model ships a tokenizer that doesn't
+    match the token ids the model learned."""
+    from kubetune.data.tokenization import tokenizer_files_digest
+
+    recorded = data.metadata.get("tokenize") or {}
+    expected = recorded.get("tokenizer_hash")
+    if not expected:
+        return  # tokenized before kubetune recorded the hash: nothing to compare with
+    found = tokenizer_files_digest(source)
+    if found != expected:
+        made_with = recorded.get("tokenizer", "another tokenizer")
+        raise ConfigError([
+            f"tokenize.model_name: --data {data_uri} was tokenized with {made_with} (tokenizer files {expected}) but "
+            f"this config's tokenizer is {config.tokenizer_name} (files {found}); set tokenize.model_name: {made_with}, "
+            "or re-run `kubetune tokenize` with this config"
+        ])
+
+
 def check_training_keys(config: RunConfig) -> None:
     """Keys whose mistakes transformers would only report after the model is loaded."""
     metric = config.training.metric_for_best_model.removeprefix("eval_")

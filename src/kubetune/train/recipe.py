@@ -68,10 +68,12 @@ from kubetune.train.preflight import (
     check_metric_available,
     check_model,
     check_model_build,
+    check_tokenizer,
     check_training_keys,
     check_vocabulary,
     load_training_data,
     resolve_model_name,
+    stage_tokenizer,
     zero_stage,
 )
 from kubetune.train.tracking import Tracker, TrackingCallback
@@ -171,8 +173,9 @@ def setup(config: RunConfig, data_uri: str, output_uri: str) -> TrainingRun:
     model_config = check_model(config, model_path)
     check_model_build(config, model_config)
     check_vocabulary(data.splits, getattr(model_config, "vocab_size", None), config)
-    tokenizer_path = model_path if config.tokenize.model_name in (None, config.model.name) else resolve_model_name(config, None)
-    tokenizer = load_tokenizer(tokenizer_path, config.model.trust_remote_code)
+    tokenizer_path = stage_tokenizer(config, model_path, paths.scratch)  # the data's tokenizer, or an error
+    check_tokenizer(config, data, data_uri, tokenizer_path)
+    tokenizer = load_tokenizer(str(tokenizer_path), config.model.trust_remote_code)
 
     label_map = data.label_map
     print_main(
