@@ -7,7 +7,7 @@
       build_training_arguments
       prepare_resume     the newest complete checkpoint (downloaded first when OUT is remote)
       fit                the Trainer with the checkpoint, speed, memory, SIGTERM and MLflow callbacks
-      evaluate           validation, and test when the data has one, with the final model
+      evaluate           validation with the final model (the test split is the evaluate stage's alone)
       save               rank 0 after a barrier: OUT/model, metadata, metrics, artifacts, OUT/_COMPLETE
       cleanup            MLflow run closed, scratch removed
 
@@ -283,12 +283,13 @@ def fit(trainer: Trainer, run: TrainingRun) -> dict[str, float]:
 
 
 def evaluate(trainer: Trainer, run: TrainingRun, train_metrics: dict[str, float]) -> dict[str, float]:
-    """Final metrics of the model as saved: validation, and test when the data has a test split."""
+    """Final metrics of the model as saved, on the validation split.
+
+    The test split is scored once, by the evaluate stage (`kubetune evaluate`, the pipeline's evaluate
+    step), which owns the test/* metrics: scoring it here too cost a second pass and logged them twice.
+    """
     metrics = dict(train_metrics)
     metrics.update(trainer.evaluate())
-    test = run.data.test_split
-    if test is not None:
-        metrics.update(trainer.evaluate(test.select_columns(run.input_columns), metric_key_prefix="test"))
     metrics.update(run.speed.summary)
     trainable, total = parameter_counts(trainer.model)
     metrics.update({"global_step": float(trainer.state.global_step), "trainable_parameters": float(trainable),
@@ -317,7 +318,7 @@ def save(trainer: Trainer, run: TrainingRun, metrics: dict[str, float]) -> None:
         paths.write_json(RUN_STATE_FILE, run_state(run.tracker))
         paths.write_text(storage.COMPLETE_MARKER, "train\n")
         shown = [(name, value) for name, value in sorted(metrics.items())
-                 if name.startswith(("eval_", "test_", "speed/train_")) or name in ("train_loss", "global_step")]
+                 if name.startswith(("eval_", "speed/train_")) or name in ("train_loss", "global_step")]
         print_table(["metric", "value"], shown, title=f"training finished: {paths.child(MODEL_DIR)}")
     barrier()
 
