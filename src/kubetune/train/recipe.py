@@ -310,7 +310,8 @@ def save(trainer: Trainer, run: TrainingRun, metrics: dict[str, float]) -> None:
             save_trained_model(model, run.tokenizer, label_map, staging, metadata, metrics,
                                merge=config.lora.merge_on_save and config.lora.enable, state_dict=state_dict)
             files = sorted(p for p in staging.iterdir() if p.is_file())
-            logged = files if config.tracking.log_model else [
+            # In a pipeline the evaluate step logs the model, as the run's MLflow model: one copy, one owner.
+            logged = files if config.tracking.log_model and not run.tracker.in_pipeline_run else [
                 p for p in files if p.name in ("label_map.json", "model_metadata.json", "training_metrics.json")
             ]
             run.tracker.log_artifacts(logged, "model")

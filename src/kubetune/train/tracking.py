@@ -85,6 +85,11 @@ class Tracker:
         self._first_error: str | None = None
         self._missed: dict[str, int] = {}
 
+    @property
+    def in_pipeline_run(self) -> bool:
+        """Logging into a pipeline's run (MLFLOW_RUN_ID), which the pipeline's steps own and end."""
+        return self.enabled and bool(os.environ.get("MLFLOW_RUN_ID"))
+
     # ------------------------------------------------------------------------------ construction
     @classmethod
     def disabled(cls) -> Tracker:
