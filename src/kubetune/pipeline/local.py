@@ -162,20 +162,24 @@ _STEP_RECORD = "executor_output.json"
 
 
 def remove_empty_folders(created: list[Path]) -> None:
-    """Remove the folders of `created` (made by this run) that hold nothing but kfp.local's step records.
+    """In the folders of `created` (made by this run), remove every folder that holds no file; a folder that
+    holds nothing but kfp.local's step records goes whole.
 
-    A folder with any other file at any depth stays whole: checkpoints a rerun resumes from, a step's
-    artifacts that kfp.local's cache points at, anything of the user's.
+    Files stay: checkpoints a rerun resumes from, a step's artifacts that kfp.local's cache points at,
+    anything of the user's.
     """
     for folder in created:
-        if not folder.is_dir():
+        if not folder.is_dir() or folder.is_symlink():
             continue
-        contents = list(folder.rglob("*"))
-        if any(path.is_symlink() or (path.is_file() and path.name != _STEP_RECORD) for path in contents):
+        contents = sorted(folder.rglob("*"), key=lambda p: len(p.parts), reverse=True)
+        if not any(path.is_symlink() or (path.is_file() and path.name != _STEP_RECORD) for path in contents):
+            for path in contents:
+                path.unlink() if path.is_file() else path.rmdir()
+            folder.rmdir()
             continue
-        for path in sorted(contents, key=lambda p: len(p.parts), reverse=True):
-            path.unlink() if path.is_file() else path.rmdir()
-        folder.rmdir()
+        for path in contents:
+            if path.is_dir() and not path.is_symlink() and not any(path.iterdir()):
+                path.rmdir()
 
 
 @contextlib.contextmanager
