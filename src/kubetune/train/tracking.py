@@ -120,7 +120,9 @@ class Tracker:
         tags = dict(config.tracking.tags)
         if os.environ.get("KUBETUNE_RUN_ID"):
             tags[RUN_ID_TAG] = os.environ["KUBETUNE_RUN_ID"]
-        return cls(uri, config.tracking.experiment_name, config.tracking.run_name, tags, previous_run_id, artifact_location)
+        # A run of its own (no pipeline run to log into) is named like a pipeline's: after the run id, when there is one.
+        run_name = config.tracking.run_name or os.environ.get("KUBETUNE_RUN_ID") or None
+        return cls(uri, config.tracking.experiment_name, run_name, tags, previous_run_id, artifact_location)
 
     # ----------------------------------------------------------------------------------- logging
     def start(self, config: RunConfig) -> None:
