@@ -52,7 +52,7 @@ def test_whole_pipeline_runs_locally_and_a_second_run_reuses_the_data_steps(tmp_
 
     assert all(seconds is not None for seconds in first.step_seconds.values()), first.step_seconds
     assert {"accuracy", "macro_f1", "weighted_f1"} <= set(first.test_metrics)
-    assert 0.0 <= first.test_metrics["accuracy"] <= 1.0
+    assert first.test_metrics == json.loads((Path(first.evaluation_dir) / "metrics.json").read_text())
     model_dir = Path(first.model_dir)
     assert (model_dir / "adapter_config.json").exists() and (model_dir / "label_map.json").exists()
     assert json.loads((model_dir / "model_metadata.json").read_text())["label_slots"] == 64
@@ -66,8 +66,8 @@ def test_whole_pipeline_runs_locally_and_a_second_run_reuses_the_data_steps(tmp_
 
     client = MlflowClient(tracking_uri=first.mlflow_tracking_uri)
     run = client.get_run(first.mlflow_run_id)
-    assert run.data.tags["kubetune.run_id"] == "first"
-    assert "test/accuracy" in run.data.metrics and "train/loss" in run.data.metrics
+    assert run.data.tags["kubetune.run_id"] == "first" and run.info.status == "FINISHED"
+    assert run.data.metrics["test/accuracy"] == first.test_metrics["accuracy"] and "train/loss" in run.data.metrics
     assert "evaluation" in {entry.path for entry in client.list_artifacts(run.info.run_id)}
 
     second = run_local(str(config), [], run_id="second")
