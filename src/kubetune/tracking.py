@@ -164,6 +164,9 @@ def open_pipeline_run(config: RunConfig, run_id: str, *, fingerprint: str = "", 
         client = client_for(uri)
         found = find_pipeline_run(client, config.tracking.experiment_name, run_id)
         if found:
+            # The same run id again (a rerun that resumes a stopped run): the run runs again, and ends anew.
+            if client.get_run(found).info.status != "RUNNING":
+                client.update_run(found, status="RUNNING")
             return found
         if on_kubeflow is None:
             on_kubeflow = bool(os.environ.get("KFP_POD_NAME") or os.environ.get("KUBERNETES_SERVICE_HOST"))

@@ -100,6 +100,12 @@ def test_a_pipeline_run_ends_once_with_its_end_time(tmp_path: Path):
     info = MlflowClient(uri).get_run(mlflow_run_id).info
     assert info.status == "KILLED" and info.end_time >= info.start_time
     assert tracking.finish_pipeline_run(config, "never-opened", "FAILED") is None
+    # A rerun under the same run id (resuming the stopped run) runs it again; it ends as the rerun ends.
+    assert tracking.open_pipeline_run(config, "r1") == mlflow_run_id
+    assert MlflowClient(uri).get_run(mlflow_run_id).info.status == "RUNNING"
+    tracking.finish_pipeline_run(config, "r1", "FINISHED")
+    rerun = MlflowClient(uri).get_run(mlflow_run_id).info
+    assert rerun.status == "FINISHED" and rerun.end_time >= info.end_time
     with pytest.raises(ValueError, match="not 'DONE'"):
         tracking.end_run(MlflowClient(uri), mlflow_run_id, "DONE")
     assert [tracking.status_of_kfp_state(s) for s in ("SUCCEEDED", "FAILED", "CANCELLED", "CANCELED", "")] == [
