@@ -67,14 +67,15 @@ def tfidf_linear(preprocessed: Path, split: str = "test") -> dict[str, float]:
 
 # ------------------------------------------------------------------------------------------ kubetune
 def kubetune_figures(path: Path) -> dict[str, Any]:
-    """Test figures of a finished kubetune run: a train output folder (model/training_metrics.json and
-    config.yaml), an evaluate output folder (metrics.json) or one of those JSON files."""
+    """Test figures of a finished kubetune run: a train output folder holding its evaluation (evaluation/metrics.json,
+    as `train_kubetune` leaves it, and config.yaml), an evaluate output folder (metrics.json) or that JSON file.
+    The trainer scores validation only; the test figures are the evaluate stage's."""
     path = path.expanduser().resolve()
-    candidates = [path] if path.is_file() else [path / "model" / "training_metrics.json", path / "metrics.json",
-                                                path / "training_metrics.json"]
+    candidates = [path] if path.is_file() else [path / "evaluation" / "metrics.json", path / "metrics.json"]
     found = next((c for c in candidates if c.is_file()), None)
     if found is None:
-        raise SystemExit(f"{path}: no training_metrics.json or metrics.json; pass a kubetune train or evaluate output")
+        raise SystemExit(f"{path}: no evaluation/metrics.json or metrics.json; pass a kubetune train output with its "
+                         "evaluation or a kubetune evaluate output")
     metrics = json.loads(found.read_text())
     prefix = "test_" if "test_accuracy" in metrics else ""
     if f"{prefix}accuracy" not in metrics:
@@ -90,13 +91,16 @@ def kubetune_figures(path: Path) -> dict[str, Any]:
 
 
 def train_kubetune(config_data: Mapping[str, Any], tokenized: Path, output: Path, log: Path) -> dict[str, Any]:
-    """`kubetune train` in its own process with `config_data`; the figures of its test split."""
+    """`kubetune train` in its own process with `config_data`, then `kubetune evaluate` of its model on the test
+    split into OUTPUT/evaluation; the figures of that split (`seconds`: the training alone)."""
     shutil.rmtree(output, ignore_errors=True)  # a fresh run, not a resume
     output.parent.mkdir(parents=True, exist_ok=True)
     config_file = output.parent / f"{output.name}.yaml"
     config_file.write_text(yaml.safe_dump(dict(config_data), sort_keys=False))
     seconds = run_logged([sys.executable, "-m", "kubetune", "train", "--config", str(config_file), "--data", str(tokenized),
                           "--output", str(output)], log, env=bench_env())
+    run_logged([sys.executable, "-m", "kubetune", "evaluate", "--config", str(config_file), "--model", str(output / "model"),
+                "--data", str(tokenized), "--output", str(output / "evaluation")], log, env=bench_env())
     return {**kubetune_figures(output), "seconds": seconds}
 
 

@@ -131,16 +131,18 @@ def test_tfidf_baseline_is_scored_with_kubetune_metrics(toy_preprocessed):
                             "weighted_precision", "weighted_recall", "seconds"}
 
 
-def test_kubetune_figures_come_from_a_train_output(tmp_path: Path):
-    model = tmp_path / "train" / "model"
+def test_kubetune_figures_come_from_the_evaluation_of_a_train_output(tmp_path: Path):
+    model, evaluation = tmp_path / "train" / "model", tmp_path / "train" / "evaluation"
     model.mkdir(parents=True)
-    (model / "training_metrics.json").write_text(json.dumps({"test_accuracy": 0.91, "test_macro_f1": 0.9,
-                                                             "test_weighted_f1": 0.905, "eval_accuracy": 0.5}))
+    evaluation.mkdir()
+    # The trainer's own metrics are validation figures: never taken for the test figures.
+    (model / "training_metrics.json").write_text(json.dumps({"eval_accuracy": 0.5, "eval_macro_f1": 0.4}))
+    (evaluation / "metrics.json").write_text(json.dumps({"accuracy": 0.91, "macro_f1": 0.9, "weighted_f1": 0.905}))
     (tmp_path / "train" / "config.yaml").write_text("training:\n  epochs: 5\n")
     figures = kubetune_figures(tmp_path / "train")
     assert figures == {"accuracy": 0.91, "macro_f1": 0.9, "weighted_f1": 0.905, "epochs": 5,
-                       "source": str(model / "training_metrics.json")}
-    with pytest.raises(SystemExit, match="no training_metrics.json or metrics.json"):
+                       "source": str(evaluation / "metrics.json")}
+    with pytest.raises(SystemExit, match="no evaluation/metrics.json or metrics.json"):
         kubetune_figures(tmp_path / "empty")
 
 

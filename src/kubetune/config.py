@@ -345,9 +345,12 @@ class TrackingConfig(Section):
         "local SQLite store beside the outputs.",
     )
     experiment_name: str = Field("kubetune", min_length=1, description="MLflow experiment of the runs.")
-    run_name: str | None = Field(None, description="MLflow run name; unset: MLflow picks one.")
+    run_name: str | None = Field(None, description="MLflow run name; unset: the kubetune run id (the KFP run id on a cluster).")
     tags: dict[str, str] = Field(default_factory=dict, description="Extra MLflow tags of the run.")
-    log_model: bool = Field(True, description="Upload the final adapter, tokenizer and label map as MLflow artifacts.")
+    log_model: bool = Field(
+        True, description="Log the final model (adapter, tokenizer, label map) as the run's MLflow model: "
+        "`mlflow.pyfunc.load_model('runs:/<run id>/model')` predicts labels from a `text` column.",
+    )
 
 
 # ----------------------------------------------------------------------------------------- storage

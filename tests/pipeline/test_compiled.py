@@ -11,7 +11,8 @@ from kfp import components
 from kubetune.pipeline.compile import COMPONENTS_DIR, PIPELINE_FILE, compile_all
 
 REPO = Path(__file__).resolve().parents[2]
-COMPONENT_NAMES = ("validate", "preprocess", "tokenize", "train", "evaluate")
+STEP_NAMES = ("validate", "preprocess", "tokenize", "train", "evaluate")
+COMPONENT_NAMES = (*STEP_NAMES, "finalize")
 
 
 def test_committed_yaml_is_what_kubetune_compile_writes(tmp_path):
@@ -39,9 +40,32 @@ def test_pipeline_declares_the_user_parameters(pipeline_spec):
     assert all(spec.optional for spec in pipeline_spec.component_spec.inputs.values())
 
 
+def steps_of(pipeline_spec):
+    """The tasks inside the exit handler: the pipeline's steps."""
+    return pipeline_spec.pipeline_spec.components["comp-exit-handler-1"].dag.tasks
+
+
+def test_an_exit_handler_guards_every_step_and_hands_finalize_their_final_status(pipeline_spec):
+    from kfp.pipeline_spec import pipeline_spec_pb2
+
+    root = pipeline_spec.pipeline_spec.root.dag.tasks
+    assert set(root) == {"exit-handler-1", "finalize"}
+    assert set(steps_of(pipeline_spec)) == set(STEP_NAMES)
+    finalize = root["finalize"]
+    # Runs when the steps are done, whatever became of them (a failure, a cancellation): KFP's exit handler.
+    assert finalize.trigger_policy.strategy == (
+        pipeline_spec_pb2.PipelineTaskSpec.TriggerPolicy.TriggerStrategy.ALL_UPSTREAM_TASKS_COMPLETED)
+    assert list(finalize.dependent_tasks) == ["exit-handler-1"]
+    assert finalize.inputs.parameters["status"].task_final_status.producer_task == "exit-handler-1"
+    # It finds the MLflow run by the run id and the config's tracking section: pipeline parameters only.
+    assert {name: p.component_input_parameter for name, p in finalize.inputs.parameters.items() if name != "status"} == {
+        "config": "config", "overrides": "overrides", "run_id": "run_id"}
+    assert not finalize.caching_options.enable_cache
+
+
 def test_pipeline_tasks_run_in_order_and_pass_artifacts(pipeline_spec):
-    tasks = pipeline_spec.pipeline_spec.root.dag.tasks
-    assert set(tasks) == set(COMPONENT_NAMES)
+    tasks = steps_of(pipeline_spec)
+    assert set(tasks) == set(STEP_NAMES)
     assert set(tasks["preprocess"].dependent_tasks) == {"validate"}
     assert set(tasks["tokenize"].dependent_tasks) == {"validate", "preprocess"}
     assert set(tasks["train"].dependent_tasks) == {"validate", "tokenize"}
@@ -51,14 +75,14 @@ def test_pipeline_tasks_run_in_order_and_pass_artifacts(pipeline_spec):
 
 
 def test_only_the_data_steps_are_cached(pipeline_spec):
-    tasks = pipeline_spec.pipeline_spec.root.dag.tasks
+    tasks = {**steps_of(pipeline_spec), **pipeline_spec.pipeline_spec.root.dag.tasks}
     cached = {name for name, task in tasks.items() if task.caching_options.enable_cache}
     assert cached == {"preprocess", "tokenize"}
 
 
 def test_pipeline_outputs_and_artifact_types(pipeline_spec):
-    outputs = {name: spec.type for name, spec in pipeline_spec.component_spec.outputs.items()}
-    assert outputs == {"model": "system.Model@0.0.1", "evaluation": "system.Artifact@0.0.1", "report": "system.HTML@0.0.1"}
+    # KFP takes pipeline outputs only from outside an exit handler: the artifacts are the steps'.
+    assert not pipeline_spec.component_spec.outputs
     expected = {
         "preprocess": {"dataset": "system.Dataset@0.0.1"},
         "tokenize": {"dataset": "system.Dataset@0.0.1", "diagnostics": "system.Markdown@0.0.1"},
@@ -82,7 +106,7 @@ def test_steps_start_from_the_kubetune_images_without_installing_anything():
     images = {name: executor["container"]["image"] for name, executor in executors.items()}
     assert images == {
         "exec-validate": COMPONENT_IMAGE, "exec-preprocess": COMPONENT_IMAGE, "exec-tokenize": COMPONENT_IMAGE,
-        "exec-train": COMPONENT_IMAGE, "exec-evaluate": TRAINER_IMAGE,
+        "exec-train": COMPONENT_IMAGE, "exec-evaluate": TRAINER_IMAGE, "exec-finalize": COMPONENT_IMAGE,
     }
     for name, executor in executors.items():
         assert "pip install" not in " ".join(executor["container"]["command"]), name
@@ -110,7 +134,7 @@ def test_evaluate_requests_gpus_on_the_gpu_nodes_only_when_configured(tmp_path):
 def test_credentials_come_from_secrets_by_name_only():
     documents = list(yaml.safe_load_all((REPO / PIPELINE_FILE).read_text()))
     platform = documents[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
-    for name in ("exec-validate", "exec-preprocess", "exec-tokenize", "exec-train", "exec-evaluate"):
+    for name in ("exec-validate", "exec-preprocess", "exec-tokenize", "exec-train", "exec-evaluate", "exec-finalize"):
         secrets = {entry["secretName"]: entry for entry in platform[name]["secretAsEnv"]}
         storage = secrets["kubetune-s3"]
         assert {item["envVar"] for item in storage["keyToEnv"]} == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -51,7 +52,7 @@ def test_whole_pipeline_runs_locally_and_a_second_run_reuses_the_data_steps(tmp_
 
     assert all(seconds is not None for seconds in first.step_seconds.values()), first.step_seconds
     assert {"accuracy", "macro_f1", "weighted_f1"} <= set(first.test_metrics)
-    assert 0.0 <= first.test_metrics["accuracy"] <= 1.0
+    assert first.test_metrics == json.loads((Path(first.evaluation_dir) / "metrics.json").read_text())
     model_dir = Path(first.model_dir)
     assert (model_dir / "adapter_config.json").exists() and (model_dir / "label_map.json").exists()
     assert json.loads((model_dir / "model_metadata.json").read_text())["label_slots"] == 64
@@ -65,8 +66,8 @@ def test_whole_pipeline_runs_locally_and_a_second_run_reuses_the_data_steps(tmp_
 
     client = MlflowClient(tracking_uri=first.mlflow_tracking_uri)
     run = client.get_run(first.mlflow_run_id)
-    assert run.data.tags["kubetune.run_id"] == "first"
-    assert "test/accuracy" in run.data.metrics and "train/loss" in run.data.metrics
+    assert run.data.tags["kubetune.run_id"] == "first" and run.info.status == "FINISHED"
+    assert run.data.metrics["test/accuracy"] == first.test_metrics["accuracy"] and "train/loss" in run.data.metrics
     assert "evaluation" in {entry.path for entry in client.list_artifacts(run.info.run_id)}
 
     second = run_local(str(config), [], run_id="second")
@@ -100,8 +101,37 @@ def test_missing_data_fails_the_first_step_with_the_cli_message(tmp_path, tiny_b
     assert message.startswith("the pipeline failed: data.uri:") and "nowhere.csv" in message
     assert "\n" not in message
     assert "Traceback" not in output.getvalue()
-    # Nothing after validate ran.
-    assert not (tmp_path / "runs" / "missing" / "train").exists()
+    # Nothing after validate ran, and the failed run left no folder behind: only the MLflow store.
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["mlflow.db"]
+
+
+def empty_folders(root: Path) -> list[Path]:
+    return [path for path in [root, *root.rglob("*")] if path.is_dir() and not any(p.is_file() for p in path.rglob("*"))]
+
+
+def test_a_failed_train_step_ends_the_mlflow_run_failed_and_leaves_no_empty_folder(tmp_path, tiny_bert):
+    import shutil
+
+    from mlflow.tracking import MlflowClient
+
+    # Weights that can't be read: only the trainer finds out, after validate opened the MLflow run.
+    broken = tmp_path / "broken-model"
+    shutil.copytree(tiny_bert, broken)
+    (broken / "model.safetensors").write_bytes(b"not safetensors")
+    config = write_config(tmp_path, broken)
+    output = io.StringIO()
+    with contextlib.redirect_stdout(output), pytest.raises(KubetuneError, match="^the pipeline failed: "):
+        run_local(str(config), [], run_id="broken-weights")
+    logs = output.getvalue()
+    assert re.search(r"Task \S*'train'\S* finished with status \S*FAILURE", logs), logs[-3000:]
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
+    [run] = client.search_runs([client.get_experiment_by_name("pipeline-test").experiment_id])
+    assert run.data.tags["kubetune.run_id"] == "broken-weights" and run.info.run_name == "broken-weights"
+    assert run.info.status == "FAILED"  # ended by the pipeline's exit handler
+    assert run.info.end_time is not None and run.info.end_time >= run.info.start_time
+    assert f"MLflow run {run.info.run_id} ended FAILED" in logs
+    assert empty_folders(tmp_path / "runs") == []
 
 
 def test_broken_config_text_fails_the_validate_step_with_one_line(tmp_path, capfd):
@@ -129,3 +159,35 @@ def test_the_cli_reports_a_pipeline_failure_in_one_line(tmp_path, tiny_bert):
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("kubetune: error: the pipeline failed: data.uri:")
+
+
+def test_sigterm_to_kubetune_run_stops_the_steps_and_ends_the_mlflow_run_killed(tmp_path, tiny_bert):
+    import os
+    import signal
+    import time
+
+    import psutil
+    from mlflow.tracking import MlflowClient
+
+    config = write_config(tmp_path, tiny_bert, training={"max_steps": 100000, "logging_steps": 50})
+    process = subprocess.Popen([sys.executable, "-m", "kubetune", "run", "--config", str(config), "--run-id", "stopped"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "OMP_NUM_THREADS": "1"})
+    started = tmp_path / "runs" / "stopped" / "train" / "run.json"  # the trainer is past its set-up
+    deadline = time.monotonic() + 300
+    while not started.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert started.exists(), process.stderr.read() if process.poll() is not None else "training never started"
+    descendants = psutil.Process(process.pid).children(recursive=True)
+    process.send_signal(signal.SIGTERM)  # to `kubetune run` alone, as `kill` or Kubernetes does
+    _, stderr = process.communicate(timeout=180)
+
+    assert process.returncode == 143, stderr[-3000:]
+    assert stderr.strip().splitlines()[-1] == "kubetune: terminated; the steps were stopped and the MLflow run ended KILLED"
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
+    [run] = client.search_runs([client.get_experiment_by_name("pipeline-test").experiment_id])
+    assert run.info.run_name == "stopped" and run.info.status == "KILLED"
+    assert run.info.end_time is not None and run.info.end_time >= run.info.start_time
+    # The step and the trainer it started were stopped too, not left running without their pipeline.
+    psutil.wait_procs(descendants, timeout=60)
+    assert not [p.pid for p in descendants if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]

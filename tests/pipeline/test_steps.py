@@ -79,9 +79,44 @@ def test_run_step_records_timings(tmp_path, monkeypatch):
     clock = iter([100.0, 102.5, 200.0, 260.0])
     monkeypatch.setattr(steps.time, "perf_counter", lambda: next(clock))
     assert run_step("tokenize", lambda: 7) == 7
-    run_step("train", lambda: None)
+    assert run_step("train", lambda: 8, outputs={"model": "/kfp/train/model"}) == 8
     entries = [json.loads(line) for line in timings.read_text().splitlines()]
-    assert entries == [{"step": "tokenize", "seconds": 2.5}, {"step": "train", "seconds": 60.0}]
+    assert entries == [
+        {"step": "tokenize", "seconds": 2.5, "outputs": {}},
+        {"step": "train", "seconds": 60.0, "outputs": {"model": "/kfp/train/model"}},
+    ]
+
+
+def test_config_name_is_the_file_the_config_parameter_names(monkeypatch):
+    monkeypatch.setenv(steps.CONFIG_NAME_ENV, "configs/demo.yaml")
+    assert steps.config_name("s3://bucket/configs/banking77.yaml") == "s3://bucket/configs/banking77.yaml"
+    # YAML text: `kubetune run` hands the steps the resolved config, and says which file it came from.
+    assert steps.config_name("training:\n  epochs: 1\n") == "configs/demo.yaml"
+    monkeypatch.delenv(steps.CONFIG_NAME_ENV)
+    assert steps.config_name("training:\n  epochs: 1\n") == ""
+
+
+def test_finalize_step_ends_the_pipeline_run_with_the_status_of_the_steps(tmp_path, capsys):
+    from mlflow.tracking import MlflowClient
+
+    from kubetune.tracking import open_pipeline_run
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    config = f"tracking:\n  tracking_uri: {uri}\n  experiment_name: fin\ndata:\n  uri: demo://ledger\n"
+    runs = {}
+    for run_id in ("ok", "broken", "cancelled"):
+        runs[run_id] = open_pipeline_run(resolve_run_config(config, []), run_id)
+    assert steps.finalize_step(config, [], "ok", "SUCCEEDED") == "FINISHED"
+    assert steps.finalize_step(config, [], "broken", "FAILED") == "FAILED"
+    assert steps.finalize_step(config, [], "cancelled", "CANCELLED") == "KILLED"
+    client = MlflowClient(uri)
+    ended = {run_id: client.get_run(mlflow_run_id).info for run_id, mlflow_run_id in runs.items()}
+    assert {run_id: info.status for run_id, info in ended.items()} == {
+        "ok": "FINISHED", "broken": "FAILED", "cancelled": "KILLED"}
+    assert all(info.end_time and info.end_time >= info.start_time for info in ended.values())
+    assert f"MLflow run {runs['broken']} ended FAILED" in capsys.readouterr().out
+    # A config that never resolved opened no run: nothing to end, and the exit handler doesn't fail.
+    assert steps.finalize_step("training:\n  epoch: 2\n", [], "typo", "FAILED") == "FAILED"
 
 
 def test_train_output_uri_is_stable_per_run(tmp_path):

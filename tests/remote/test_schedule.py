@@ -32,7 +32,9 @@ def test_cron_schedule_is_sent_in_kfps_six_field_form(kfp_server, run_yaml, caps
     assert sent["no_catchup"] is True  # catch-up is off unless asked for
     assert sent["service_account"] == "ledger-trainer"
     assert config_from_yaml_text(sent["runtime_config"]["parameters"]["config"]) == load_config(run_yaml, ["training.epochs=1"])
-    assert set(sent["pipeline_spec"]["pipeline_spec"]["root"]["dag"]["tasks"]) == {
+    spec = sent["pipeline_spec"]["pipeline_spec"]
+    assert set(spec["root"]["dag"]["tasks"]) == {"exit-handler-1", "finalize"}
+    assert set(spec["components"]["comp-exit-handler-1"]["dag"]["tasks"]) == {
         "validate", "preprocess", "tokenize", "train", "evaluate"}
     (experiment,) = kfp_server.experiments.values()
     assert sent["experiment_id"] == experiment["experiment_id"] and experiment["display_name"] == "ledger-codes"

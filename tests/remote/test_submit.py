@@ -28,6 +28,12 @@ def sent_run(fake: FakeKfp) -> dict:
     return request.json
 
 
+def all_tasks(pipeline_spec: dict) -> dict:
+    """Every task of the spec by name: the top level (the exit handler, finalize) and the steps inside it."""
+    dags = [pipeline_spec["root"]["dag"], *(c["dag"] for c in pipeline_spec["components"].values() if "dag" in c)]
+    return {name: task for dag in dags for name, task in dag["tasks"].items()}
+
+
 def test_submit_sends_the_compiled_pipeline_for_the_configs_cluster(kfp_server, run_yaml, tmp_path, capsys):
     code, _, err = kubetune(capsys, "submit", "-c", str(run_yaml), "--host", kfp_server.url)
     assert code == 0, err
@@ -37,7 +43,7 @@ def test_submit_sends_the_compiled_pipeline_for_the_configs_cluster(kfp_server, 
     sent = sent_run(kfp_server)["pipeline_spec"]
     assert sent == {"pipeline_spec": expected[0], "platform_spec": expected[1]}
     assert sent["pipeline_spec"]["pipelineInfo"]["name"] == "kubetune"
-    assert set(sent["pipeline_spec"]["root"]["dag"]["tasks"]) == set(STEPS)
+    assert set(all_tasks(sent["pipeline_spec"])) == {*STEPS, "exit-handler-1", "finalize"}
     # The config's secret name, not the value, is in the spec the cluster runs.
     assert "team-s3" in yaml.safe_dump(sent["platform_spec"])
 
@@ -117,16 +123,16 @@ def test_run_url_uses_the_ui_address_when_it_differs(kfp_server, run_yaml, capsy
 
 def test_no_cache_turns_caching_off_for_every_step(kfp_server, run_yaml, capsys):
     assert kubetune(capsys, "submit", "-c", str(run_yaml), "--host", kfp_server.url, "--no-cache")[0] == 0
-    tasks = sent_run(kfp_server)["pipeline_spec"]["pipeline_spec"]["root"]["dag"]["tasks"]
+    tasks = all_tasks(sent_run(kfp_server)["pipeline_spec"]["pipeline_spec"])
     assert {name: task["cachingOptions"].get("enableCache", False) for name, task in tasks.items()} == {
-        step: False for step in STEPS
+        step: False for step in (*STEPS, "exit-handler-1", "finalize")
     }
 
 
 def test_without_no_cache_the_data_steps_keep_their_cache(kfp_server, run_yaml, capsys):
     assert kubetune(capsys, "submit", "-c", str(run_yaml), "--host", kfp_server.url)[0] == 0
-    tasks = sent_run(kfp_server)["pipeline_spec"]["pipeline_spec"]["root"]["dag"]["tasks"]
-    cached = {name for name, task in tasks.items() if task["cachingOptions"].get("enableCache")}
+    tasks = all_tasks(sent_run(kfp_server)["pipeline_spec"]["pipeline_spec"])
+    cached = {name for name, task in tasks.items() if task.get("cachingOptions", {}).get("enableCache")}
     assert cached == {"preprocess", "tokenize"}
 
 

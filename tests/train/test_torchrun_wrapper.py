@@ -89,6 +89,15 @@ def test_more_ranks_than_gpus_is_refused_before_the_launcher_starts_anything(one
     assert not (tmp_path / "out").exists()  # not even config.yaml was written
 
 
+def test_kubetune_run_refuses_more_ranks_than_gpus_before_any_step(one_gpu, tmp_path: Path):
+    from kubetune.pipeline.local import run_local
+
+    runs = tmp_path / "runs"
+    with pytest.raises(ConfigError, match=GPU_ERROR):
+        run_local(None, ["cluster.gpus_per_worker=2", f"storage.runs_uri={runs}"], run_id="r")
+    assert not runs.exists()  # no step ran, no folder was made
+
+
 def test_more_ranks_than_gpus_is_refused_by_the_trainer_under_plain_torchrun(one_gpu, monkeypatch):
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
     with pytest.raises(ConfigError, match=GPU_ERROR):

@@ -88,7 +88,9 @@ def test_model_metadata_describes_the_model(bert_run, bert_tokenized: Path):
     assert set(metadata["versions"]) >= {"torch", "transformers", "peft", "kubetune"}
     training_metrics = json.loads((out / "model" / "training_metrics.json").read_text())
     assert training_metrics == metrics and all(isinstance(v, float) for v in training_metrics.values())
-    assert {"test_accuracy", "test_macro_f1", "eval_top5_accuracy"} & set(metrics) == {"test_accuracy", "test_macro_f1"}
+    assert {"eval_accuracy", "eval_macro_f1", "eval_top5_accuracy"} & set(metrics) == {"eval_accuracy", "eval_macro_f1"}
+    # The test split is the evaluate stage's: the trainer scores validation only.
+    assert not [name for name in metrics if name.startswith("test_")]
 
 
 def test_speed_and_memory_are_logged(bert_run):
@@ -113,20 +115,21 @@ def test_adapter_loads_with_peft(bert_run, tiny_bert: Path):
     assert model.peft_config["default"].r == 8
 
 
-def test_trained_classifier_reproduces_the_test_metrics(bert_run, bert_tokenized: Path):
+def test_trained_classifier_reproduces_the_validation_metrics(bert_run, bert_tokenized: Path):
     from datasets import load_from_disk
 
     from kubetune.train.metrics import classification_metrics
 
     _, out, metrics = bert_run
     model, tokenizer, label_map = load_trained_classifier(out / "model")
-    test = load_from_disk(str(bert_tokenized))["test"]
-    batch = tokenizer.pad({"input_ids": test["input_ids"], "attention_mask": test["attention_mask"]}, return_tensors="pt")
+    validation = load_from_disk(str(bert_tokenized))["validation"]
+    batch = tokenizer.pad({"input_ids": validation["input_ids"], "attention_mask": validation["attention_mask"]},
+                          return_tensors="pt")
     with torch.no_grad():
         logits = model(**batch).logits.numpy()
-    again = classification_metrics(logits, test["labels"], label_map.num_real_labels)
-    assert again["accuracy"] == pytest.approx(metrics["test_accuracy"])
-    assert again["macro_f1"] == pytest.approx(metrics["test_macro_f1"])
+    again = classification_metrics(logits, validation["labels"], label_map.num_real_labels)
+    assert again["accuracy"] == pytest.approx(metrics["eval_accuracy"])
+    assert again["macro_f1"] == pytest.approx(metrics["eval_macro_f1"])
 
 
 def test_tiny_qwen2_without_pad_token_trains(tiny_qwen2: Path, qwen2_tokenized: Path, tmp_path: Path):

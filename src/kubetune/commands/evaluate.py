@@ -13,7 +13,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="The tokenize stage's output, local or s3://.")
     parser.add_argument("--output", required=True, help="Folder for metrics.json, report.html, ... (local or s3://).")
     parser.add_argument("--split", default="test", help="Split to score (default: test).")
-    parser.add_argument("--mlflow-run-id", help="Also log the test metrics and the report into this MLflow run.")
+    parser.add_argument("--mlflow-run-id", help="Also log the metrics, the report and the model (as the run's MLflow model) into this MLflow run.")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -16,8 +16,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from kubetune.pipeline.local import format_summary, run_local
+    import sys
 
-    summary = run_local(args.config, args.overrides, run_id=args.run_id)
+    from kubetune.pipeline.local import PipelineTerminated, format_summary, run_local
+
+    try:
+        summary = run_local(args.config, args.overrides, run_id=args.run_id)
+    except PipelineTerminated:
+        print("kubetune: terminated; the steps were stopped and the MLflow run ended KILLED", file=sys.stderr)
+        return PipelineTerminated.exit_code
     print("\n" + format_summary(summary), flush=True)
     return 0

@@ -11,6 +11,7 @@ import csv
 import json
 import logging
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,6 +87,7 @@ def evaluate(
     from kubetune.train.metrics import classification_metrics, real_class_predictions
     from kubetune.train.model import load_trained_classifier
 
+    # The scratch copies live until the end: the model folder is also what the MLflow model is made of.
     with tempfile.TemporaryDirectory(prefix="kubetune-evaluate-") as scratch:
         data_dir = storage.download(data_uri, Path(scratch) / "data", config.storage)
         model_dir = storage.download(model_uri, Path(scratch) / "model", config.storage)
@@ -98,31 +100,31 @@ def evaluate(
         model, tokenizer, label_map = load_trained_classifier(model_dir)
         logits = predict_logits(model, tokenizer, rows, config.training.eval_batch_size)
 
-    labels = np.asarray(rows["labels"])
-    num_real = label_map.num_real_labels
-    predictions = real_class_predictions(logits, num_real)
-    metrics = classification_metrics(logits, labels, num_real)
-    matrix = confusion_matrix(labels, predictions, label_map.max_classes)[:num_real, :num_real]
-    real = list(label_map.real_labels)
-    class_rows = per_class_rows(matrix, real)
-    folded_labels, folded = fold_matrix(matrix, real, SHOWN_CLASSES)
+        labels = np.asarray(rows["labels"])
+        num_real = label_map.num_real_labels
+        predictions = real_class_predictions(logits, num_real)
+        metrics = classification_metrics(logits, labels, num_real)
+        matrix = confusion_matrix(labels, predictions, label_map.max_classes)[:num_real, :num_real]
+        real = list(label_map.real_labels)
+        class_rows = per_class_rows(matrix, real)
+        folded_labels, folded = fold_matrix(matrix, real, SHOWN_CLASSES)
 
-    with storage.atomic_output_dir(output_uri, "evaluate", config.storage) as out:
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-        (out / "confusion.json").write_text(json.dumps({"labels": real, "matrix": matrix.tolist()}) + "\n")
-        _write_per_class(out / "per_class.csv", class_rows)
-        _write_predictions(out / "predictions.parquet", rows, labels, predictions, logits, label_map)
-        png = confusion_png(folded_labels, folded)
-        (out / "confusion.png").write_bytes(png)
-        facts = {
-            "split": f"{split} ({len(rows):,} rows)",
-            "model": str(model_uri),
-            "classes": f"{num_real} real of {label_map.max_classes} slots",
-        }
-        html = render_html("kubetune evaluation", metrics, class_rows, worst_confusions(matrix, real), png, facts)
-        (out / "report.html").write_text(html)
-        if mlflow_run_id:
-            _log_to_mlflow(config, mlflow_run_id, metrics, out)
+        with storage.atomic_output_dir(output_uri, "evaluate", config.storage) as out:
+            (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+            (out / "confusion.json").write_text(json.dumps({"labels": real, "matrix": matrix.tolist()}) + "\n")
+            _write_per_class(out / "per_class.csv", class_rows)
+            _write_predictions(out / "predictions.parquet", rows, labels, predictions, logits, label_map)
+            png = confusion_png(folded_labels, folded)
+            (out / "confusion.png").write_bytes(png)
+            facts = {
+                "split": f"{split} ({len(rows):,} rows)",
+                "model": str(model_uri),
+                "classes": f"{num_real} real of {label_map.max_classes} slots",
+            }
+            html = render_html("kubetune evaluation", metrics, class_rows, worst_confusions(matrix, real), png, facts)
+            (out / "report.html").write_text(html)
+            if mlflow_run_id:
+                _log_to_mlflow(config, mlflow_run_id, split, metrics, out, model_dir)
     report = f"{storage.normalize_uri(output_uri).rstrip('/')}/report.html"
     return EvaluationResult(output_uri, metrics, folded_labels, folded, report)
 
@@ -151,18 +153,27 @@ def _write_predictions(path: Path, rows, labels, predictions, logits, label_map)
     frame.to_parquet(path, index=False)
 
 
-def _log_to_mlflow(config: RunConfig, run_id: str, metrics: dict[str, float], out: Path) -> None:
-    """Test metrics (as test/<name>, the trainer's naming) and the report into the pipeline's run; never fails the step."""
-    from kubetune.tracking import quick_failing_client_env, tracking_uri
+def _log_to_mlflow(config: RunConfig, run_id: str, split: str, metrics: dict[str, float], out: Path,
+                   model_dir: Path) -> None:
+    """Into the pipeline's run: the metrics (as <split>/<name>, once each: the trainer scores validation only),
+    the report, and the model as the run's MLflow model (kubetune.serving). Never fails the step."""
+    from kubetune import tracking
 
-    quick_failing_client_env()
+    uri = tracking.tracking_uri(config)
+    if uri is None:
+        logger.warning("MLflow: no tracking.tracking_uri and no $MLFLOW_TRACKING_URI; evaluation results were not logged")
+        return
     try:
-        from mlflow.tracking import MlflowClient
+        from mlflow.entities import Metric
 
-        client = MlflowClient(tracking_uri=tracking_uri(config))
-        for name, value in metrics.items():
-            client.log_metric(run_id, f"test/{name}", float(value))
+        client = tracking.client_for(uri)
+        now = int(time.time() * 1000)
+        client.log_batch(run_id, metrics=[Metric(f"{split}/{name}", float(value), now, 0) for name, value in metrics.items()])
         for name in ("report.html", "per_class.csv", "confusion.json", "confusion.png"):
             client.log_artifact(run_id, str(out / name), artifact_path="evaluation")
+        if config.tracking.log_model:
+            from kubetune.serving import log_model
+
+            log_model(client, run_id, model_dir)
     except Exception as exc:  # noqa: BLE001 - tracking never fails a step
         logger.warning("MLflow: evaluation results were not logged (%s: %s)", type(exc).__name__, exc)

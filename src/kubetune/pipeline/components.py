@@ -68,7 +68,8 @@ def train(
     from kubetune.pipeline.steps import run_step, train_step
 
     # The PyTorchJob's pods read the tokenized data from object storage: hand them its URI, not the mount.
-    final = run_step("train", lambda: train_step(config, data.uri, run_id, mlflow_run_id, model.path))
+    final = run_step("train", lambda: train_step(config, data.uri, run_id, mlflow_run_id, model.path),
+                     outputs={"model": model.path})
     for name, value in final.items():
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             metrics.log_metric(name, float(value))
@@ -90,11 +91,27 @@ def evaluate(
 
     from kubetune.pipeline.steps import evaluate_step, run_step
 
-    result = run_step("evaluate", lambda: evaluate_step(config, model.path, data.path, evaluation.path, mlflow_run_id))
+    result = run_step("evaluate", lambda: evaluate_step(config, model.path, data.path, evaluation.path, mlflow_run_id),
+                      outputs={"evaluation": evaluation.path})
     for name, value in result.metrics.items():
         metrics.log_metric(name, float(value))
     classification.log_confusion_matrix(list(result.confusion_labels), [list(row) for row in result.confusion_matrix])
     shutil.copyfile(result.report_path, report.path)
 
 
-COMPONENTS = {"validate": validate, "preprocess": preprocess, "tokenize": tokenize, "train": train, "evaluate": evaluate}
+@dsl.component(base_image=COMPONENT_IMAGE, install_kfp_package=False)
+def finalize(
+    config: str,
+    overrides: list,
+    run_id: str,
+    status: dsl.PipelineTaskFinalStatus,
+    kfp_run_id: str = dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+) -> str:
+    """The exit handler: end the MLflow run FINISHED, FAILED (a step failed) or KILLED (the run was cancelled)."""
+    from kubetune.pipeline.steps import finalize_step
+
+    return finalize_step(config, overrides, run_id or kfp_run_id, status.state)
+
+
+COMPONENTS = {"validate": validate, "preprocess": preprocess, "tokenize": tokenize, "train": train, "evaluate": evaluate,
+              "finalize": finalize}

@@ -10,6 +10,12 @@ CPU ranks without a GPU), MLflow tracks into a SQLite store and artifacts stay i
       kfp-cache/                  kfp.local's step cache: same inputs → preprocess and tokenize are skipped
       <run id>/train/             the trainer's checkpoints and final model
       <run id>/summary.json       what the run printed at the end
+
+The run's MLflow run ends FINISHED or FAILED through the pipeline's exit handler, which kfp.local (2.17)
+runs like a cluster does, after a failed step too. An interrupted `kubetune run` (Ctrl-C, SIGTERM) never
+reaches the exit handler — the orchestrator itself stops — so `run_local` ends the run KILLED itself.
+A failed or interrupted run leaves no empty folders behind; files (checkpoints a rerun resumes from,
+the MLflow store) stay.
 """
 
 from __future__ import annotations
@@ -19,7 +25,10 @@ import io
 import json
 import os
 import secrets
+import signal
 import sys
+import tempfile
+import threading
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -30,7 +39,7 @@ from kubetune import storage
 from kubetune.config import RunConfig, load_config
 from kubetune.console import format_table
 from kubetune.errors import KubetuneError
-from kubetune.pipeline.steps import TIMINGS_ENV
+from kubetune.pipeline.steps import CONFIG_NAME_ENV, TIMINGS_ENV
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 STEPS = ("validate", "preprocess", "tokenize", "train", "evaluate")
@@ -48,6 +57,12 @@ class LocalRunSummary:
     evaluation_dir: str = ""
     mlflow_tracking_uri: str = ""
     mlflow_run_id: str = ""
+
+
+class PipelineTerminated(BaseException):
+    """SIGTERM stopped `kubetune run` (a BaseException: kfp.local's orchestrator must not catch it)."""
+
+    exit_code = 143  # 128 + SIGTERM
 
 
 def new_run_id() -> str:
@@ -77,15 +92,23 @@ def run_local(config_path: str | None, overrides: list[str], run_id: str | None 
     config = absolute_local_uris(config)
     if config.cluster.launcher != "local":
         config.cluster = config.cluster.model_copy(update={"launcher": "local"})
+    from kubetune.train.arguments import check_gpu_ranks
+
+    check_gpu_ranks(config.cluster.gpus_per_worker)  # here, not only in the train step after the data steps
     runs_dir = Path(config.storage.runs_uri)
-    runs_dir.mkdir(parents=True, exist_ok=True)
     run_id = run_id or new_run_id()
     run_dir = runs_dir / run_id
-    run_dir.mkdir(parents=True, exist_ok=True)
+    created = [path for path in (runs_dir, run_dir, runs_dir / "kfp", runs_dir / "kfp-cache") if not path.exists()]
+    earlier_pipeline_runs = set(_children(runs_dir / "kfp"))
+    runs_dir.mkdir(parents=True, exist_ok=True)
 
     tracking_uri = _local_tracking(config, runs_dir)
-    timings_file = run_dir / "step_timings.jsonl"
-    env = {TIMINGS_ENV: str(timings_file), "TQDM_MININTERVAL": "10", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+    # The run folder is made by the first step that writes into it; the steps' records wait outside it.
+    handle, records = tempfile.mkstemp(prefix=f"kubetune-{run_id}-", suffix=".jsonl")
+    os.close(handle)
+    timings_file = Path(records)
+    env = {TIMINGS_ENV: str(timings_file), "TQDM_MININTERVAL": "10", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+           CONFIG_NAME_ENV: str(config_path or DEFAULT_CONFIG)}
     if tracking_uri:
         env["MLFLOW_TRACKING_URI"] = tracking_uri
 
@@ -108,18 +131,83 @@ def run_local(config_path: str | None, overrides: list[str], run_id: str | None 
     started = time.perf_counter()
     print(f"kubetune run {run_id}: {' → '.join(STEPS)}  (outputs in {runs_dir})", flush=True)
     log = _StepLogFilter(sys.stdout)
+    finished = False
     try:
-        with _environment(env), contextlib.redirect_stdout(log):
-            task = pipeline(config=config.to_yaml(), overrides=[], launcher="local", run_id=run_id)
+        with _environment(env), contextlib.redirect_stdout(log), _sigterm_stops_the_steps():
+            pipeline(config=config.to_yaml(), overrides=[], launcher="local", run_id=run_id)
+        finished = True
     except RuntimeError as exc:
         raise KubetuneError(f"the pipeline failed: {_failure_reason(exc, log)}") from None
+    except (KeyboardInterrupt, PipelineTerminated):
+        from kubetune.tracking import finish_pipeline_run
+
+        closing = config.model_copy(update={"tracking": config.tracking.model_copy(update={"tracking_uri": tracking_uri})})
+        finish_pipeline_run(closing, run_id, "KILLED")
+        raise
     finally:
         log.flush()
+        steps = _read_records(timings_file)
+        timings_file.unlink(missing_ok=True)
+        if not finished:
+            remove_empty_folders([*(set(_children(runs_dir / "kfp")) - earlier_pipeline_runs), *created])
     elapsed = time.perf_counter() - started
 
-    summary = _summarize(task, run_id, runs_dir, elapsed, timings_file, tracking_uri)
+    summary = _summarize(steps, run_id, runs_dir, elapsed, tracking_uri)
+    run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "summary.json").write_text(json.dumps(asdict(summary), indent=2) + "\n")
     return summary
+
+
+def _children(folder: Path) -> list[Path]:
+    return list(folder.iterdir()) if folder.is_dir() else []
+
+
+# What kfp.local writes for a step (its output parameters): worth nothing once the run failed.
+_STEP_RECORD = "executor_output.json"
+
+
+def remove_empty_folders(created: list[Path]) -> None:
+    """In the folders of `created` (made by this run), remove every folder that holds no file; a folder that
+    holds nothing but kfp.local's step records goes whole.
+
+    Files stay: checkpoints a rerun resumes from, a step's artifacts that kfp.local's cache points at,
+    anything of the user's.
+    """
+    for folder in created:
+        if not folder.is_dir() or folder.is_symlink():
+            continue
+        contents = sorted(folder.rglob("*"), key=lambda p: len(p.parts), reverse=True)
+        if not any(path.is_symlink() or (path.is_file() and path.name != _STEP_RECORD) for path in contents):
+            for path in contents:
+                path.unlink() if path.is_file() else path.rmdir()
+            folder.rmdir()
+            continue
+        for path in contents:
+            if path.is_dir() and not path.is_symlink() and not any(path.iterdir()):
+                path.rmdir()
+
+
+@contextlib.contextmanager
+def _sigterm_stops_the_steps():
+    """SIGTERM (what `kill` and Kubernetes send) to `kubetune run`: pass it on to the running step and the
+    processes it started (torchrun and its ranks checkpoint on it), then stop the pipeline."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        import psutil
+
+        for child in psutil.Process().children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                child.send_signal(signal.SIGTERM)
+        raise PipelineTerminated()
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _local_tracking(config: RunConfig, runs_dir: Path) -> str | None:
@@ -214,15 +302,17 @@ def _failure_reason(exc: RuntimeError, log: _StepLogFilter) -> str:
     return str(exc).strip().splitlines()[-1] if str(exc).strip() else "a step failed (see its log above)"
 
 
-def _summarize(task: Any, run_id: str, runs_dir: Path, elapsed: float, timings_file: Path,
+def _read_records(path: Path) -> dict[str, dict[str, Any]]:
+    """The steps that ran, by name: their seconds and output paths (see kubetune.pipeline.steps.run_step)."""
+    if not path.exists():
+        return {}
+    return {entry["step"]: entry for entry in map(json.loads, path.read_text().splitlines())}
+
+
+def _summarize(steps: dict[str, dict[str, Any]], run_id: str, runs_dir: Path, elapsed: float,
                tracking_uri: str | None) -> LocalRunSummary:
-    ran: dict[str, float] = {}
-    if timings_file.exists():
-        for line in timings_file.read_text().splitlines():
-            entry = json.loads(line)
-            ran[entry["step"]] = entry["seconds"]
-    model_dir = Path(task.outputs["model"].path)
-    evaluation_dir = Path(task.outputs["evaluation"].path)
+    model_dir = Path(steps.get("train", {}).get("outputs", {}).get("model", ""))
+    evaluation_dir = Path(steps.get("evaluate", {}).get("outputs", {}).get("evaluation", ""))
     metrics_file = evaluation_dir / "metrics.json"
     test_metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
     # The same page as the step's HTML artifact, under a name a browser opens by double-click.
@@ -233,7 +323,7 @@ def _summarize(task: Any, run_id: str, runs_dir: Path, elapsed: float, timings_f
         mlflow_run_id = json.loads(metadata.read_text()).get("mlflow_run_id", "") or ""
     return LocalRunSummary(
         run_id=run_id, runs_dir=str(runs_dir), seconds=round(elapsed, 1),
-        step_seconds={step: ran.get(step) for step in STEPS},
+        step_seconds={step: steps[step]["seconds"] if step in steps else None for step in STEPS},
         test_metrics={k: v for k, v in test_metrics.items() if isinstance(v, (int, float))},
         model_dir=str(model_dir), report=str(report), evaluation_dir=str(evaluation_dir),
         mlflow_tracking_uri=tracking_uri or "", mlflow_run_id=mlflow_run_id,

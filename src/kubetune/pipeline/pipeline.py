@@ -5,21 +5,13 @@ zeros mean "as in the config".
 """
 
 
-from typing import NamedTuple
-
 from kfp import dsl, kubernetes
 
 from kubetune.cluster.job import MLFLOW_SECRET_KEYS
 from kubetune.config import ClusterConfig
-from kubetune.pipeline.components import evaluate, preprocess, tokenize, train, validate
+from kubetune.pipeline.components import evaluate, finalize, preprocess, tokenize, train, validate
 
 PIPELINE_NAME = "kubetune"
-
-
-class PipelineOutputs(NamedTuple):
-    model: dsl.Model
-    evaluation: dsl.Artifact
-    report: dsl.HTML
 
 
 def kubetune_pipeline_for(cluster: ClusterConfig):
@@ -41,7 +33,7 @@ def kubetune_pipeline_for(cluster: ClusterConfig):
         gpus_per_worker: int = 0,
         launcher: str = "",
         run_id: str = "",
-    ) -> PipelineOutputs:
+    ):
         """
         Args:
             config: The run config as YAML text, or the s3:// URI of a YAML file; empty: the defaults.
@@ -55,31 +47,38 @@ def kubetune_pipeline_for(cluster: ClusterConfig):
             launcher: `pytorchjob` or `local`; empty: cluster.launcher of the config.
             run_id: Names the run's outputs and MLflow run; empty: the KFP run id.
         """
-        checked = validate(
-            config=config, overrides=overrides, data_uri=data_uri, base_model=base_model, epochs=epochs,
-            learning_rate=learning_rate, workers=workers, gpus_per_worker=gpus_per_worker, launcher=launcher,
-            run_id=run_id,
-        ).set_display_name("validate").set_caching_options(False)
-        prepared = preprocess(
-            config=checked.outputs["preprocess_config"], data_fingerprint=checked.outputs["data_fingerprint"]
-        ).set_display_name("preprocess")
-        tokenized = tokenize(
-            config=checked.outputs["tokenize_config"], data=prepared.outputs["dataset"]
-        ).set_display_name("tokenize")
-        trained = train(
-            config=checked.outputs["run_config"], data=tokenized.outputs["dataset"],
-            run_id=checked.outputs["run_id"], mlflow_run_id=checked.outputs["mlflow_run_id"],
-        ).set_display_name("train").set_caching_options(False)
-        evaluated = evaluate(
-            config=checked.outputs["run_config"], model=trained.outputs["model"], data=tokenized.outputs["dataset"],
-            mlflow_run_id=checked.outputs["mlflow_run_id"],
-        ).set_display_name("evaluate").set_caching_options(False)
-        for task in (checked, prepared, tokenized, trained, evaluated):
+        # The exit handler runs after the steps whatever happened to them (a failure, a cancellation) and
+        # ends the run's MLflow run with the matching status; it finds the run by its kubetune.run_id tag,
+        # as an exit task can't take outputs of the tasks it guards.
+        closing = finalize(config=config, overrides=overrides, run_id=run_id).set_display_name("finalize")
+        closing.set_caching_options(False)
+        with dsl.ExitHandler(closing, name="steps"):
+            checked = validate(
+                config=config, overrides=overrides, data_uri=data_uri, base_model=base_model, epochs=epochs,
+                learning_rate=learning_rate, workers=workers, gpus_per_worker=gpus_per_worker, launcher=launcher,
+                run_id=run_id,
+            ).set_display_name("validate").set_caching_options(False)
+            prepared = preprocess(
+                config=checked.outputs["preprocess_config"], data_fingerprint=checked.outputs["data_fingerprint"]
+            ).set_display_name("preprocess")
+            tokenized = tokenize(
+                config=checked.outputs["tokenize_config"], data=prepared.outputs["dataset"]
+            ).set_display_name("tokenize")
+            trained = train(
+                config=checked.outputs["run_config"], data=tokenized.outputs["dataset"],
+                run_id=checked.outputs["run_id"], mlflow_run_id=checked.outputs["mlflow_run_id"],
+            ).set_display_name("train").set_caching_options(False)
+            evaluated = evaluate(
+                config=checked.outputs["run_config"], model=trained.outputs["model"], data=tokenized.outputs["dataset"],
+                mlflow_run_id=checked.outputs["mlflow_run_id"],
+            ).set_display_name("evaluate").set_caching_options(False)
+
+        for task in (checked, prepared, tokenized, trained, evaluated, closing):
             _use_cluster_settings(task, cluster)
         if cluster.evaluate_gpus:
             _use_gpus(evaluated, cluster)
-        return PipelineOutputs(model=trained.outputs["model"], evaluation=evaluated.outputs["evaluation"],
-                       report=evaluated.outputs["report"])
+        # No pipeline outputs: KFP takes them only from outside the exit handler; the steps' artifacts are
+        # in the run's graph (and `kubetune run` reads their paths from the steps' records).
 
     return kubetune
 

@@ -252,13 +252,28 @@ def _kfp_prints_hidden() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def compiled_pipeline(config: RunConfig) -> Iterator[Path]:
-    """The kubetune pipeline compiled with this config's cluster section, in a temporary folder."""
+def compiled_pipeline(config: RunConfig, enable_caching: bool | None = None) -> Iterator[Path]:
+    """The kubetune pipeline compiled with this config's cluster section, in a temporary folder.
+
+    `enable_caching` (None: as compiled) is set on every task here: the KFP client sets it on the
+    top-level tasks only, and the steps are inside the exit handler's group.
+    """
     from kubetune.pipeline.compile import PIPELINE_FILE, compile_all
 
     with tempfile.TemporaryDirectory(prefix="kubetune-pipeline-") as scratch:
         compile_all(scratch, config.cluster)
-        yield Path(scratch) / PIPELINE_FILE
+        path = Path(scratch) / PIPELINE_FILE
+        if enable_caching is not None:
+            import yaml
+
+            documents = list(yaml.safe_load_all(path.read_text()))
+            spec = documents[0]
+            dags = [spec["root"]["dag"], *(c["dag"] for c in spec.get("components", {}).values() if "dag" in c)]
+            for dag in dags:
+                for task in dag.get("tasks", {}).values():
+                    task.setdefault("cachingOptions", {})["enableCache"] = enable_caching
+            path.write_text(yaml.safe_dump_all(documents, sort_keys=True))
+        yield path
 
 
 # ---------------------------------------------------------------------------------------- submit
@@ -282,7 +297,7 @@ def submit(
 ) -> SubmittedRun:
     """Create one run of the kubetune pipeline in the experiment (created when missing)."""
     experiment = experiment_name(config, experiment)
-    with compiled_pipeline(config) as package, server_errors(server.host), _kfp_prints_hidden():
+    with compiled_pipeline(config, enable_caching) as package, server_errors(server.host), _kfp_prints_hidden():
         found = server.client.create_experiment(name=experiment, namespace=config.cluster.namespace)
         run = server.client.run_pipeline(
             experiment_id=found.experiment_id,
@@ -482,7 +497,7 @@ def schedule(
 ) -> ScheduledRun:
     """Create a recurring run of the kubetune pipeline in the experiment (created when missing)."""
     experiment = experiment_name(config, experiment)
-    with compiled_pipeline(config) as package, server_errors(server.host), _kfp_prints_hidden():
+    with compiled_pipeline(config, enable_caching) as package, server_errors(server.host), _kfp_prints_hidden():
         found = server.client.create_experiment(name=experiment, namespace=config.cluster.namespace)
         recurring = server.client.create_recurring_run(
             experiment_id=found.experiment_id,

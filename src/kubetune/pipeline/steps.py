@@ -30,12 +30,18 @@ T = TypeVar("T")
 PREPROCESS_SECTIONS = ("data", "split", "serialize", "storage")
 TOKENIZE_SECTIONS = ("tokenize", "storage")
 
-# Set by `kubetune run`: each step appends its wall time here (steps served from the cache don't run).
+# Set by `kubetune run`: each step appends its wall time and its output paths here (steps served from
+# the cache don't run).
 TIMINGS_ENV = "KUBETUNE_STEP_TIMINGS"
+# Set by `kubetune run`, which hands the pipeline the resolved YAML text: the config file it came from.
+CONFIG_NAME_ENV = "KUBETUNE_CONFIG_NAME"
 
 
-def run_step(name: str, body: Callable[[], T]) -> T:
-    """Run a step body; a user error ends the step with the CLI's one-line message and exit code 2."""
+def run_step(name: str, body: Callable[[], T], outputs: dict[str, str] | None = None) -> T:
+    """Run a step body; a user error ends the step with the CLI's one-line message and exit code 2.
+
+    `outputs` (artifact name → path) are recorded for `kubetune run`'s summary.
+    """
     started = time.perf_counter()
     try:
         result = body()
@@ -44,15 +50,15 @@ def run_step(name: str, body: Callable[[], T]) -> T:
         for line in str(error).splitlines():
             print(f"{prefix}{line}", file=sys.stderr, flush=True)
         raise SystemExit(getattr(error, "exit_code", EXIT_USER_ERROR)) from None  # 2, or 143 after SIGTERM
-    _record_timing(name, time.perf_counter() - started)
+    _record_timing(name, time.perf_counter() - started, outputs or {})
     return result
 
 
-def _record_timing(step: str, seconds: float) -> None:
+def _record_timing(step: str, seconds: float, outputs: dict[str, str]) -> None:
     path = os.environ.get(TIMINGS_ENV)
     if path:
         with open(path, "a") as handle:
-            handle.write(json.dumps({"step": step, "seconds": round(seconds, 2)}) + "\n")
+            handle.write(json.dumps({"step": step, "seconds": round(seconds, 2), "outputs": outputs}) + "\n")
 
 
 # --------------------------------------------------------------------------------------- the config
@@ -106,6 +112,15 @@ def resolve_run_config(
     return validate_config(data, source="pipeline parameters")
 
 
+def config_name(config: str) -> str:
+    """What the run's config is called: the file the `config` parameter names, else what `kubetune run` says."""
+    text = config.strip()
+    if text and "\n" not in text and (text.startswith(("s3://", "minio://", "/", "./", "../"))
+                                      or text.endswith((".yaml", ".yml"))):
+        return text
+    return os.environ.get(CONFIG_NAME_ENV, "")
+
+
 def sections_yaml(config: RunConfig, sections: tuple[str, ...]) -> str:
     """Only `sections` of the config, as YAML: the input of a step that uses just those."""
     dumped = yaml.safe_load(config.to_yaml())
@@ -143,10 +158,10 @@ def validate_step(
     if not resolved.data.uri:
         raise KubetuneError("data.uri: no data given; set data.uri in the config or the data_uri pipeline parameter")
     from kubetune.data.stages import input_fingerprint
-    from kubetune.tracking import ensure_pipeline_run
+    from kubetune.tracking import open_pipeline_run
 
     fingerprint = input_fingerprint(resolved)
-    mlflow_run_id = ensure_pipeline_run(resolved, run_id) or ""
+    mlflow_run_id = open_pipeline_run(resolved, run_id, fingerprint=fingerprint, config_name=config_name(config)) or ""
     print(f"config valid; data fingerprint {fingerprint}; run {run_id}; MLflow run {mlflow_run_id or '(not tracked)'}", flush=True)
     return {
         "preprocess_config": sections_yaml(resolved, PREPROCESS_SECTIONS),
@@ -156,6 +171,25 @@ def validate_step(
         "mlflow_run_id": mlflow_run_id,
         "run_id": run_id,
     }
+
+
+def finalize_step(config: str, overrides: list[str], run_id: str, state: str) -> str:
+    """The exit handler: end the run's MLflow run FINISHED, FAILED or KILLED, as the pipeline's tasks ended.
+
+    It runs whatever happened before, a config error included: then validate opened no MLflow run and
+    there is nothing to end.
+    """
+    from kubetune.tracking import finish_pipeline_run, status_of_kfp_state
+
+    status = status_of_kfp_state(state)
+    try:
+        resolved = resolve_run_config(config, overrides)
+    except KubetuneError:
+        print(f"pipeline {state.lower()}; the config does not resolve, so no MLflow run was opened", flush=True)
+        return status
+    mlflow_run_id = finish_pipeline_run(resolved, run_id, status)
+    print(f"pipeline {state.lower()}; MLflow run {mlflow_run_id or '(none)'} ended {status}", flush=True)
+    return status
 
 
 def preprocess_step(config: str, output_path: str) -> dict[str, Any]:

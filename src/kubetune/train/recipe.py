@@ -8,7 +8,7 @@
       prepare_resume     the newest complete checkpoint (downloaded first when OUT is remote)
       open_output        OUT/config.yaml, run.json, the MLflow run: nothing of a finished OUT changes before this
       fit                the Trainer with the checkpoint, speed, memory, SIGTERM and MLflow callbacks
-      evaluate           validation, and test when the data has one, with the final model
+      evaluate           validation with the final model (the test split is the evaluate stage's alone)
       save               rank 0 after a barrier: OUT/model, metadata, metrics, artifacts, OUT/_COMPLETE
       cleanup            MLflow run closed, scratch removed
 
@@ -291,12 +291,13 @@ def fit(trainer: Trainer, run: TrainingRun) -> dict[str, float]:
 
 
 def evaluate(trainer: Trainer, run: TrainingRun, train_metrics: dict[str, float]) -> dict[str, float]:
-    """Final metrics of the model as saved: validation, and test when the data has a test split."""
+    """Final metrics of the model as saved, on the validation split.
+
+    The test split is scored once, by the evaluate stage (`kubetune evaluate`, the pipeline's evaluate
+    step), which owns the test/* metrics: scoring it here too cost a second pass and logged them twice.
+    """
     metrics = dict(train_metrics)
     metrics.update(trainer.evaluate())
-    test = run.data.test_split
-    if test is not None:
-        metrics.update(trainer.evaluate(test.select_columns(run.input_columns), metric_key_prefix="test"))
     metrics.update(run.speed.summary)
     trainable, total = parameter_counts(trainer.model)
     metrics.update({"global_step": float(trainer.state.global_step), "trainable_parameters": float(trainable),
@@ -317,7 +318,8 @@ def save(trainer: Trainer, run: TrainingRun, metrics: dict[str, float]) -> None:
             save_trained_model(model, run.tokenizer, label_map, staging, metadata, metrics,
                                merge=config.lora.merge_on_save and config.lora.enable, state_dict=state_dict)
             files = sorted(p for p in staging.iterdir() if p.is_file())
-            logged = files if config.tracking.log_model else [
+            # In a pipeline the evaluate step logs the model, as the run's MLflow model: one copy, one owner.
+            logged = files if config.tracking.log_model and not run.tracker.in_pipeline_run else [
                 p for p in files if p.name in ("label_map.json", "model_metadata.json", "training_metrics.json")
             ]
             run.tracker.log_artifacts(logged, "model")
@@ -325,7 +327,7 @@ def save(trainer: Trainer, run: TrainingRun, metrics: dict[str, float]) -> None:
         paths.write_json(RUN_STATE_FILE, run_state(run.tracker))
         paths.write_text(storage.COMPLETE_MARKER, "train\n")
         shown = [(name, value) for name, value in sorted(metrics.items())
-                 if name.startswith(("eval_", "test_", "speed/train_")) or name in ("train_loss", "global_step")]
+                 if name.startswith(("eval_", "speed/train_")) or name in ("train_loss", "global_step")]
         print_table(["metric", "value"], shown, title=f"training finished: {paths.child(MODEL_DIR)}")
     barrier()
 

@@ -1,5 +1,8 @@
 """MLflow for the trainer: only rank 0 talks to MLflow, and MLflow is never why training stops.
 
+The run's lifecycle (create, params, end) is kubetune.tracking's; this is the trainer's view of it:
+it ends only a run it opened itself (a pipeline's run is ended by the pipeline's exit handler).
+
 Which run: $MLFLOW_RUN_ID (the pipeline's run, see DEVELOPERS.md) → the run this OUT logged to
 before a restart (OUT/run.json) → a new run in `tracking.experiment_name`. Where:
 `tracking.tracking_uri` → $MLFLOW_TRACKING_URI → a SQLite store in OUT/mlruns (a local OUT only).
@@ -23,6 +26,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from kubetune import tracking
 from kubetune.config import RunConfig
 from kubetune.distributed import is_main_process
 from kubetune.tracking import RUN_ID_TAG, flatten_params, quick_failing_client_env, tracking_uri
@@ -81,6 +85,11 @@ class Tracker:
         self._first_error: str | None = None
         self._missed: dict[str, int] = {}
 
+    @property
+    def in_pipeline_run(self) -> bool:
+        """Logging into a pipeline's run (MLFLOW_RUN_ID), which the pipeline's steps own and end."""
+        return self.enabled and bool(os.environ.get("MLFLOW_RUN_ID"))
+
     # ------------------------------------------------------------------------------ construction
     @classmethod
     def disabled(cls) -> Tracker:
@@ -111,7 +120,9 @@ class Tracker:
         tags = dict(config.tracking.tags)
         if os.environ.get("KUBETUNE_RUN_ID"):
             tags[RUN_ID_TAG] = os.environ["KUBETUNE_RUN_ID"]
-        return cls(uri, config.tracking.experiment_name, config.tracking.run_name, tags, previous_run_id, artifact_location)
+        # A run of its own (no pipeline run to log into) is named like a pipeline's: after the run id, when there is one.
+        run_name = config.tracking.run_name or os.environ.get("KUBETUNE_RUN_ID") or None
+        return cls(uri, config.tracking.experiment_name, run_name, tags, previous_run_id, artifact_location)
 
     # ----------------------------------------------------------------------------------- logging
     def start(self, config: RunConfig) -> None:
@@ -142,7 +153,7 @@ class Tracker:
     def finish(self, status: str) -> None:
         """End the run we opened (FINISHED, FAILED or KILLED) and say what never reached MLflow."""
         if self.enabled and self.owns_run and self.run_id is not None:
-            self._attempt("run status", 1, lambda: self._client.set_terminated(self.run_id, status=status))
+            self._attempt("run status", 1, lambda: tracking.end_run(self._client, self.run_id, status))
         for line in self.not_logged():
             logger.warning(line)
 
@@ -181,10 +192,9 @@ class Tracker:
         if self.run_id is not None:
             return
         from mlflow.exceptions import MlflowException
-        from mlflow.tracking import MlflowClient
 
         if self._client is None:
-            self._client = MlflowClient(tracking_uri=self.uri)
+            self._client = tracking.client_for(self.uri)
         pipeline_run = os.environ.get("MLFLOW_RUN_ID") or None
         for candidate in (pipeline_run, self.previous_run_id):
             if not candidate:
@@ -202,24 +212,12 @@ class Tracker:
             if self.owns_run:
                 self._client.update_run(candidate, status="RUNNING")
             return
-        experiment = self._client.get_experiment_by_name(self.experiment_name)
-        experiment_id = (experiment.experiment_id if experiment is not None
-                         else self._client.create_experiment(self.experiment_name, artifact_location=self.artifact_location))
-        run = self._client.create_run(experiment_id, run_name=self.run_name, tags=self.tags)
-        self.run_id = run.info.run_id
+        experiment_id = tracking.experiment_id_for(self._client, self.experiment_name, self.artifact_location)
+        self.run_id = tracking.create_run(self._client, experiment_id, self.run_name, self.tags)
         self.owns_run = True
 
     def _log_new_params(self, params: Mapping[str, str]) -> None:
-        """Params already in the run (the pipeline's, or before a restart) are immutable in MLflow: skip them."""
-        from mlflow.entities import Param
-
-        existing = self._client.get_run(self.run_id).data.params
-        changed = sorted(key for key, value in params.items() if key in existing and existing[key] != value)
-        if changed:
-            logger.warning("MLflow run %s already has other values for %s; kept as they are", self.run_id, ", ".join(changed[:10]))
-        entries = [Param(key, value) for key, value in params.items() if key not in existing]
-        for start in range(0, len(entries), _BATCH):
-            self._client.log_batch(self.run_id, params=entries[start : start + _BATCH])
+        tracking.log_params(self._client, self.run_id, params)
 
 
 class TrackingCallback(TrainerCallback):

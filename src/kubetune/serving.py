@@ -1,0 +1,87 @@
+"""The trained classifier as an MLflow model: `mlflow.pyfunc.load_model("runs:/<run id>/model")` predicts labels.
+
+The pipeline's evaluate step logs the trainer's model/ folder (adapter, tokenizer, label_map.json,
+model_metadata.json) as the artifacts of a `KubetuneClassifier`, so the run lists it under "Logged
+models". Its input is a DataFrame with a `text` column: the text as the preprocess stage serializes it
+(`serialize` section of the run's config); its output, the predicted label of each row.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import mlflow.pyfunc
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from mlflow.tracking import MlflowClient
+
+MODEL_NAME = "model"  # the logged model's name: runs:/<run id>/model
+MODEL_ARTIFACT = "model"  # the key of the model/ folder among the pyfunc's artifacts
+TEXT_COLUMN = "text"
+_BATCH = 64
+
+
+def predict_labels(model: Any, tokenizer: Any, label_names: list[str], num_real_labels: int, texts: list[str],
+                   max_length: int, batch_size: int = _BATCH) -> list[str]:
+    """The predicted label of each text (never a dummy slot)."""
+    import torch
+
+    from kubetune.train.metrics import real_class_predictions
+
+    device = next(model.parameters()).device
+    predicted: list[str] = []
+    with torch.inference_mode():
+        for start in range(0, len(texts), batch_size):
+            batch = tokenizer(texts[start : start + batch_size], truncation=True, max_length=max_length,
+                              padding=True, return_tensors="pt")
+            logits = model(**{key: value.to(device) for key, value in batch.items()}).logits.float().cpu().numpy()
+            predicted += [label_names[i] for i in real_class_predictions(logits, num_real_labels)]
+    return predicted
+
+
+class KubetuneClassifier(mlflow.pyfunc.PythonModel):
+    """A kubetune model/ folder behind MLflow's pyfunc interface: `text` column in, labels out."""
+
+    def load_context(self, context: Any) -> None:
+        from kubetune.train.model import load_trained_classifier
+
+        model_dir = Path(context.artifacts[MODEL_ARTIFACT])
+        self.model, self.tokenizer, self.label_map = load_trained_classifier(model_dir)
+        self.max_length = int(json.loads((model_dir / "model_metadata.json").read_text()).get("max_length") or 512)
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> list[str]:
+        texts = [str(text) for text in model_input[TEXT_COLUMN]]
+        return predict_labels(self.model, self.tokenizer, list(self.label_map.labels), self.label_map.num_real_labels,
+                              texts, self.max_length)
+
+
+def log_model(client: MlflowClient, run_id: str, model_dir: Path) -> str:
+    """Log `model_dir` (a trainer's model/ folder) as the MLflow model of run `run_id`; its model id.
+
+    The model is created linked to the run (its source run, and an output of the run) without making
+    the run the process's active one: an active run would be ended FINISHED when the step exits, and
+    ending the pipeline's run is the exit handler's alone.
+    """
+    from mlflow.entities import LoggedModelOutput
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    from kubetune import __version__
+
+    mlflow.set_tracking_uri(client.tracking_uri)
+    run = client.get_run(run_id)
+    logged = mlflow.initialize_logged_model(name=MODEL_NAME, source_run_id=run_id,
+                                            experiment_id=run.info.experiment_id,
+                                            tags={"kubetune.version": __version__})
+    signature = ModelSignature(inputs=Schema([ColSpec("string", TEXT_COLUMN)]), outputs=Schema([ColSpec("string")]))
+    mlflow.pyfunc.log_model(
+        name=MODEL_NAME, python_model=KubetuneClassifier(), artifacts={MODEL_ARTIFACT: str(model_dir)},
+        signature=signature, model_id=logged.model_id,
+        # Named, not inferred: inference loads the model in a subprocess, which costs a minute here.
+        pip_requirements=[f"kubetune=={__version__}"],
+    )
+    client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=0)])
+    return logged.model_id
