@@ -8,7 +8,10 @@ models". Its input is a DataFrame with a `text` column: the text as the preproce
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -58,6 +61,18 @@ class KubetuneClassifier(mlflow.pyfunc.PythonModel):
                               texts, self.max_length)
 
 
+@contextlib.contextmanager
+def tracking_uri_set(uri: str) -> Iterator[None]:
+    """MLflow's fluent API (log_model, load_model) works on the process's tracking URI, and setting it also
+    exports $MLFLOW_TRACKING_URI to the environment: set it for the calls inside only, then put back what was."""
+    previous = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(previous)  # None unsets both
+
+
 def log_model(client: MlflowClient, run_id: str, model_dir: Path) -> str:
     """Log `model_dir` (a trainer's model/ folder) as the MLflow model of run `run_id`; its model id.
 
@@ -71,17 +86,17 @@ def log_model(client: MlflowClient, run_id: str, model_dir: Path) -> str:
 
     from kubetune import __version__
 
-    mlflow.set_tracking_uri(client.tracking_uri)
     run = client.get_run(run_id)
-    logged = mlflow.initialize_logged_model(name=MODEL_NAME, source_run_id=run_id,
-                                            experiment_id=run.info.experiment_id,
-                                            tags={"kubetune.version": __version__})
     signature = ModelSignature(inputs=Schema([ColSpec("string", TEXT_COLUMN)]), outputs=Schema([ColSpec("string")]))
-    mlflow.pyfunc.log_model(
-        name=MODEL_NAME, python_model=KubetuneClassifier(), artifacts={MODEL_ARTIFACT: str(model_dir)},
-        signature=signature, model_id=logged.model_id,
-        # Named, not inferred: inference loads the model in a subprocess, which costs a minute here.
-        pip_requirements=[f"kubetune=={__version__}"],
-    )
+    with tracking_uri_set(client.tracking_uri):
+        logged = mlflow.initialize_logged_model(name=MODEL_NAME, source_run_id=run_id,
+                                                experiment_id=run.info.experiment_id,
+                                                tags={"kubetune.version": __version__})
+        mlflow.pyfunc.log_model(
+            name=MODEL_NAME, python_model=KubetuneClassifier(), artifacts={MODEL_ARTIFACT: str(model_dir)},
+            signature=signature, model_id=logged.model_id,
+            # Named, not inferred: inference loads the model in a subprocess, which costs a minute here.
+            pip_requirements=[f"kubetune=={__version__}"],
+        )
     client.log_outputs(run_id, [LoggedModelOutput(logged.model_id, step=0)])
     return logged.model_id

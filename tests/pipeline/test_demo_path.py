@@ -36,9 +36,9 @@ def demo_run(tmp_path_factory, tiny_bert, mlflow_server):  # noqa: F811
         cluster={"launcher": "local", "workers": 1, "gpus_per_worker": 2},
         deepspeed={"enable": True, "stage": 2},
         loss={"class_weights": {"enable": True}},
-        # The tiny model's macro F1 reaches its plateau (one class predicted) within a few steps and the first
-        # evaluation at the top stays the best (a tie doesn't replace it), while the weights go on changing:
-        # the best checkpoint is an early one, not the last (measured: step 3 or 6 of 12).
+        # The tiny model's macro F1 usually plateaus within a few steps and the first evaluation at the top
+        # stays the best (a tie doesn't replace it) while the weights go on changing, so the best checkpoint
+        # is usually an early one (seen: step 3 or 6 of 12, and once step 12).
         training={"batch_size": 8, "max_steps": MAX_STEPS, "logging_steps": EVERY, "eval_steps": EVERY,
                   "save_steps": EVERY, "save_total_limit": 1, "load_best_model_at_end": True,
                   "metric_for_best_model": "macro_f1", "learning_rate": 0.2, "warmup_steps": 0},
@@ -65,12 +65,13 @@ def test_two_ranks_with_zero2_and_class_weights_save_the_best_checkpoint(demo_ru
     scores = {entry["step"]: entry["eval_macro_f1"] for entry in state["log_history"] if "eval_macro_f1" in entry}
     assert sorted(scores) == list(range(EVERY, MAX_STEPS + 1, EVERY))
     best_step = min(step for step, score in scores.items() if score == max(scores.values()))  # the first at the top
-    assert best.name == f"checkpoint-{best_step}" and best_step < MAX_STEPS, scores
-    # The saved model is the best checkpoint's, not the last step's.
+    assert best.name == f"checkpoint-{best_step}", scores
+    # The saved model is the best checkpoint's, and so not the last step's when the best came earlier.
     saved, best_adapter, last_adapter = (adapter_tensors(p) for p in (Path(summary.model_dir), train / "checkpoints" / best.name, last))
     assert saved.keys() == best_adapter.keys()
     assert all((saved[k] == best_adapter[k]).all() for k in saved)
-    assert any((saved[k] != last_adapter[k]).any() for k in saved)
+    if best_step < MAX_STEPS:
+        assert any((saved[k] != last_adapter[k]).any() for k in saved)
 
 
 def test_the_run_leaves_one_finished_mlflow_run_with_its_model_and_datasets(demo_run, mlflow_server):  # noqa: F811
@@ -82,6 +83,7 @@ def test_the_run_leaves_one_finished_mlflow_run_with_its_model_and_datasets(demo
     from kubetune.config import load_config
     from kubetune.data.labels import LabelMap
     from kubetune.data.stages import input_fingerprint
+    from kubetune.serving import tracking_uri_set
 
     root, summary = demo_run
     client = MlflowClient(tracking_uri=mlflow_server)
@@ -114,8 +116,8 @@ def test_the_run_leaves_one_finished_mlflow_run_with_its_model_and_datasets(demo
     [output] = run.outputs.model_outputs
     logged = client.get_logged_model(output.model_id)
     assert logged.name == "model" and logged.source_run_id == run.info.run_id
-    mlflow.set_tracking_uri(mlflow_server)
-    model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
+    with tracking_uri_set(mlflow_server):  # not left behind in os.environ for the tests that follow
+        model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
     assert model.metadata.model_id == output.model_id
     labels = LabelMap.load(Path(summary.model_dir))
     # Fed the serialized test rows, it predicts what the evaluate step predicted for them, row by row.
