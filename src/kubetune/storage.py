@@ -219,7 +219,8 @@ def check_reachable(uri: str, config: StorageConfig | None = None) -> None:
         except Exception as exc:  # noqa: BLE001 - a lost connection is retried, anything else re-raised
             if not _is_transient(exc):
                 raise
-            if time.monotonic() + delay >= deadline:
+            left = deadline - time.monotonic()
+            if left <= 0:
                 raise KubetuneError(
                     f"{uri}: cannot reach the object store at {_where(config)} ({short_reason(exc, 80)}) within "
                     f"{limit:g} s; {_SET_ENDPOINT} (and storage.connect_timeout to wait longer)"
@@ -227,7 +228,7 @@ def check_reachable(uri: str, config: StorageConfig | None = None) -> None:
             # One notice that it waits (not one per try: the error that may follow is the line that matters).
             (logger.warning if delay == 0.5 else logger.debug)(
                 "object store at %s not reachable (%s); trying again for up to %g s", _where(config), type(exc).__name__, limit)
-            time.sleep(delay)
+            time.sleep(min(delay, left))  # the last try comes at the deadline: the whole limit is waited
             delay = min(2 * delay, 5.0)
         finally:
             client.close()
