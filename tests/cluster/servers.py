@@ -300,7 +300,10 @@ class FaultyProxy:
                     self.send_header("Content-Type", "application/xml")
                     self.send_header("Content-Length", str(len(data)))
                     self.end_headers()
-                    self.wfile.write(data)
+                    # A HEAD answer has no body: bytes written after it would be read as the start of the next
+                    # answer on the kept-alive connection ("Bad status line") instead of a 503.
+                    if self.command != "HEAD":
+                        self.wfile.write(data)
                     return
                 connection = http.client.HTTPConnection(outer.upstream.hostname, outer.upstream.port, timeout=30)
                 try:

@@ -134,10 +134,13 @@ def stopped_step(stderr: str, out: Path) -> int:
     return step
 
 
-def test_sigterm_to_torchrun_exits_143_and_the_rerun_matches_an_unbroken_run(config: Path, data: Path, unbroken: Path,
-                                                                              tmp_path: Path):
+@pytest.mark.parametrize("launch", ["wrapper", "local-launcher"])
+def test_sigterm_exits_143_and_the_rerun_matches_an_unbroken_run(launch: str, config: Path, data: Path, unbroken: Path,
+                                                                 tmp_path: Path):
+    """SIGTERM to `python -m kubetune.launchers.torchrun` alone (what the kubelet does to a pod's main process),
+    or to the local launcher's train step: a checkpoint, one line, 143; the same command resumes exactly."""
     out = tmp_path / "out"
-    command = wrapper_command(config, data, out)
+    command = (wrapper_command if launch == "wrapper" else step_command)(config, data, out)
     code, _, stderr = sigterm_after_the_first_epoch(command)
     assert code == 143, stderr[-5000:]
     step = stopped_step(stderr, out)
@@ -147,27 +150,7 @@ def test_sigterm_to_torchrun_exits_143_and_the_rerun_matches_an_unbroken_run(con
         "run the same command to resume"
     ]
 
-    again = subprocess.run(wrapper_command(config, data, out), cwd=REPO_ROOT, env=environment(), capture_output=True,
-                           text=True, timeout=600)
-    assert again.returncode == 0, again.stderr[-5000:]
-    assert f"resuming from checkpoint-{step}" in again.stdout
-    assert_same_run(out, unbroken, step)
-
-
-def test_sigterm_to_the_local_launcher_exits_143_and_the_rerun_resumes(config: Path, data: Path, unbroken: Path,
-                                                                      tmp_path: Path):
-    out = tmp_path / "out"
-    code, stdout, stderr = sigterm_after_the_first_epoch(step_command(config, data, out))
-    assert code == 143, stderr[-5000:]
-    step = stopped_step(stderr, out)
-    assert "ChildFailedError" not in stderr and "Traceback" not in stderr
-    assert [line for line in stderr.splitlines() if line.startswith("kubetune:")] == [
-        f"kubetune: stopped by SIGTERM at step {step} after saving checkpoint-{step} to {out}/checkpoints; "
-        "run the same command to resume"
-    ]
-
-    again = subprocess.run(step_command(config, data, out), cwd=REPO_ROOT, env=environment(), capture_output=True,
-                           text=True, timeout=600)
+    again = subprocess.run(command, cwd=REPO_ROOT, env=environment(), capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-5000:]
     assert f"resuming from checkpoint-{step}" in again.stdout
     assert_same_run(out, unbroken, step)
