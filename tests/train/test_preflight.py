@@ -148,7 +148,7 @@ def test_output_folder_of_someone_else(capsys, config: Path, bert_tokenized: Pat
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["notes.txt"]
 
 
-def test_empty_test_split_only_skips_the_test_evaluation(config: Path, bert_tokenized: Path, tmp_path: Path):
+def test_an_empty_test_split_is_accepted_by_the_trainer(config: Path, bert_tokenized: Path, tmp_path: Path):
     from kubetune.config import load_config
     from kubetune.train.recipe import train
 

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from kubetune.config import RunConfig, load_config
+from kubetune.config import YAML_SUFFIXES, RunConfig, load_config
 from kubetune.errors import KubetuneError
-
-YAML_SUFFIXES = (".yaml", ".yml")
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, required: bool = False) -> None:

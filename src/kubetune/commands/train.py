@@ -1,11 +1,10 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from kubetune.commands import add_config_arguments, check_locations, config_from_args
 from kubetune.distributed import is_main_process
-from kubetune.errors import EXIT_USER_ERROR, KubetuneError
+from kubetune.errors import EXIT_USER_ERROR, KubetuneError, print_error
 
 HELP = (
     "Fine-tune the classifier on tokenized data (LoRA, DeepSpeed ZeRO); run it with python or under "
@@ -41,6 +40,6 @@ def run(args: argparse.Namespace) -> int:
     except TrainingInterrupted as stop:
         record_rank_outcome(stop.exit_code, str(stop))
         if is_main_process() and not under_wrapper():
-            print(f"kubetune: {stop}", file=sys.stderr)
+            print_error(str(stop), stop.exit_code)
         return stop.exit_code
     return 0

@@ -28,7 +28,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from kubetune.errors import EXIT_TERMINATED, EXIT_USER_ERROR
+from kubetune.errors import EXIT_TERMINATED, EXIT_USER_ERROR, print_error
 
 OUTCOME_DIR_ENV = "KUBETUNE_OUTCOME_DIR"
 FAILURE_FILE_ENV = "KUBETUNE_FAILURE_FILE"
@@ -89,9 +89,9 @@ def verdict(outcomes: Mapping[int, Outcome], exit_codes: Mapping[int, int], sign
     stopped_by_sigterm = signaled == signal.SIGTERM or (
         exit_codes and all(code in (EXIT_TERMINATED, -signal.SIGTERM) for code in exit_codes.values())
     )
-    if terminated or stopped_by_sigterm:
-        if terminated:
-            return terminated[0]
+    if terminated:
+        return terminated[0]
+    if stopped_by_sigterm:
         return Outcome(EXIT_TERMINATED, "stopped by SIGTERM before a checkpoint was saved; run the same command to "
                                         "resume from the newest complete checkpoint, if any")
     if signaled is not None:
@@ -139,9 +139,7 @@ def report(result: Outcome) -> None:
     if failure_file:
         _write_json(Path(failure_file), {"exit_code": result.exit_code, "message": result.message, "rank": result.rank})
         return
-    prefix = "kubetune: " if result.exit_code == EXIT_TERMINATED else "kubetune: error: "
-    for line in result.message.splitlines():
-        print(prefix + line, file=sys.stderr, flush=True)
+    print_error(result.message, result.exit_code)
 
 
 if __name__ == "__main__":

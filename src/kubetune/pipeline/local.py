@@ -38,7 +38,7 @@ from typing import Any, TextIO
 from kubetune import storage
 from kubetune.config import RunConfig, load_config
 from kubetune.console import format_table
-from kubetune.errors import KubetuneError
+from kubetune.errors import EXIT_TERMINATED, KubetuneError
 from kubetune.pipeline.steps import CONFIG_NAME_ENV, TIMINGS_ENV
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
@@ -62,7 +62,7 @@ class LocalRunSummary:
 class PipelineTerminated(BaseException):
     """SIGTERM stopped `kubetune run` (a BaseException: kfp.local's orchestrator must not catch it)."""
 
-    exit_code = 143  # 128 + SIGTERM
+    exit_code = EXIT_TERMINATED
 
 
 def new_run_id() -> str:
@@ -218,15 +218,10 @@ def _local_tracking(config: RunConfig, runs_dir: Path) -> str | None:
     if configured:
         return configured
     uri = f"sqlite:///{runs_dir / 'mlflow.db'}"
-    from kubetune.tracking import quick_failing_client_env
+    from kubetune.tracking import client_for, experiment_id_for
 
-    quick_failing_client_env()
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=uri)
-    if client.get_experiment_by_name(config.tracking.experiment_name) is None:
-        # Artifacts beside the database, not in ./mlruns of whatever directory a step runs in.
-        client.create_experiment(config.tracking.experiment_name, artifact_location=(runs_dir / "mlartifacts").as_uri())
+    # Artifacts beside the database, not in ./mlruns of whatever directory a step runs in.
+    experiment_id_for(client_for(uri), config.tracking.experiment_name, (runs_dir / "mlartifacts").as_uri())
     return uri
 
 

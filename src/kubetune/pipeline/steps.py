@@ -21,8 +21,15 @@ from typing import Any, TypeVar
 
 import yaml
 
-from kubetune.config import RunConfig, config_from_yaml_text, deep_merge, parse_overrides, validate_config
-from kubetune.errors import EXIT_USER_ERROR, KubetuneError, Terminated
+from kubetune.config import (
+    YAML_SUFFIXES,
+    RunConfig,
+    config_from_yaml_text,
+    deep_merge,
+    parse_overrides,
+    validate_config,
+)
+from kubetune.errors import KubetuneError, print_error
 
 T = TypeVar("T")
 
@@ -46,10 +53,7 @@ def run_step(name: str, body: Callable[[], T], outputs: dict[str, str] | None = 
     try:
         result = body()
     except KubetuneError as error:
-        prefix = "kubetune: " if isinstance(error, Terminated) else "kubetune: error: "
-        for line in str(error).splitlines():
-            print(f"{prefix}{line}", file=sys.stderr, flush=True)
-        raise SystemExit(getattr(error, "exit_code", EXIT_USER_ERROR)) from None  # 2, or 143 after SIGTERM
+        raise SystemExit(print_error(str(error), error.exit_code)) from None  # 2, or 143 after SIGTERM
     _record_timing(name, time.perf_counter() - started, outputs or {})
     return result
 
@@ -62,13 +66,18 @@ def _record_timing(step: str, seconds: float, outputs: dict[str, str]) -> None:
 
 
 # --------------------------------------------------------------------------------------- the config
+def names_a_file(text: str) -> bool:
+    """The `config` parameter is a path or URI of a YAML file (one line that looks like one), not YAML text."""
+    return bool(text) and "\n" not in text and (
+        text.startswith(("s3://", "minio://", "/", "./", "../")) or text.endswith(YAML_SUFFIXES))
+
+
 def read_config_source(config: str) -> dict[str, Any]:
     """The `config` pipeline parameter: YAML text, or the path / s3:// URI of a YAML file, or empty."""
     text = config.strip()
     if not text:
         return {}
-    single_line = "\n" not in text
-    if single_line and (text.startswith(("s3://", "minio://", "/", "./", "../")) or text.endswith((".yaml", ".yml"))):
+    if names_a_file(text):
         from kubetune.config import read_yaml
 
         return read_yaml(text)
@@ -115,8 +124,7 @@ def resolve_run_config(
 def config_name(config: str) -> str:
     """What the run's config is called: the file the `config` parameter names, else what `kubetune run` says."""
     text = config.strip()
-    if text and "\n" not in text and (text.startswith(("s3://", "minio://", "/", "./", "../"))
-                                      or text.endswith((".yaml", ".yml"))):
+    if names_a_file(text):
         return text
     return os.environ.get(CONFIG_NAME_ENV, "")
 

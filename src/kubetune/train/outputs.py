@@ -28,6 +28,7 @@ from kubetune import storage
 from kubetune.config import StorageConfig
 from kubetune.distributed import is_local_main_process
 from kubetune.errors import KubetuneError
+from kubetune.launchers import LAUNCH_CONFIG_FILE
 
 RUN_STATE_FILE = "run.json"
 CONFIG_FILE = "config.yaml"
@@ -36,7 +37,7 @@ MODEL_DIR = "model"
 MLFLOW_DIR = "mlruns"
 # What a launcher may have put into OUT before the trainer starts (kubetune.launchers.write_run_config;
 # config.yaml: where earlier launchers put it).
-_PRESEEDED = {"launch-config.yaml", CONFIG_FILE}
+_PRESEEDED = {LAUNCH_CONFIG_FILE, CONFIG_FILE}
 
 
 @dataclass(frozen=True)

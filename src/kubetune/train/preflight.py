@@ -36,11 +36,6 @@ class TrainingData:
     label_map: LabelMap
     metadata: dict[str, Any]
 
-    @property
-    def test_split(self) -> Dataset | None:
-        test = self.splits.get(TEST)
-        return test if test is not None and len(test) > 0 else None
-
 
 def load_training_data(directory: Path, data_uri: str, config: RunConfig) -> TrainingData:
     """The tokenize stage's output (DEVELOPERS.md "tokenize → TOKENIZED/"), checked split by split."""

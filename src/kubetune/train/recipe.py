@@ -32,7 +32,7 @@ from kubetune import __version__, storage
 from kubetune.config import RunConfig
 from kubetune.console import print_table
 from kubetune.distributed import barrier, is_local_main_process, is_main_process, print_main, world_size
-from kubetune.errors import ConfigError, DataError
+from kubetune.errors import EXIT_TERMINATED, ConfigError, DataError
 from kubetune.train.arguments import (
     Precision,
     build_training_arguments,
@@ -85,7 +85,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-EXIT_TERMINATED = 143  # 128 + SIGTERM, what Kubernetes and shells expect from a process stopped by it
 
 
 class TrainingInterrupted(Exception):

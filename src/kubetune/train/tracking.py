@@ -8,7 +8,7 @@ before a restart (OUT/run.json) → a new run in `tracking.experiment_name`. Whe
 `tracking.tracking_uri` → $MLFLOW_TRACKING_URI → a SQLite store in OUT/mlruns (a local OUT only).
 
 A server that is down or stops answering: every call runs with short timeouts and few retries
-(kubetune.tracking.quick_failing_client_env); the first failure is warned about once, then calls
+(kubetune.tracking.client_for); the first failure is warned about once, then calls
 are skipped for RETRY_AFTER_S seconds and tried again (a server that comes back gets the later
 metrics); what was never logged is listed when training ends.
 """
@@ -29,13 +29,12 @@ from transformers import TrainerCallback
 from kubetune import tracking
 from kubetune.config import RunConfig
 from kubetune.distributed import is_main_process
-from kubetune.tracking import RUN_ID_TAG, flatten_params, quick_failing_client_env, tracking_uri
+from kubetune.tracking import RUN_ID_TAG, flatten_params, tracking_uri
 from kubetune.train.outputs import MLFLOW_DIR, OutputPaths
 
 logger = logging.getLogger(__name__)
 
 RETRY_AFTER_S = 30.0
-_BATCH = 100  # MLflow's limit of params (and a sane number of metrics) per log_batch call
 
 
 def metric_key(name: str) -> str:
@@ -113,7 +112,6 @@ class Tracker:
             store.mkdir(parents=True, exist_ok=True)
             uri = f"sqlite:///{store / 'mlflow.db'}"
             artifact_location = (store / "artifacts").as_uri()
-        quick_failing_client_env()
         previous_run_id = None
         if previous and previous.get("tracking_uri") == uri:
             previous_run_id = previous.get("mlflow_run_id")
@@ -139,8 +137,8 @@ class Tracker:
 
             now = int(time.time() * 1000)
             entries = [Metric(key, value, now, step) for key, value in metrics.items()]
-            for start in range(0, len(entries), _BATCH):
-                self._client.log_batch(self.run_id, metrics=entries[start : start + _BATCH])
+            for start in range(0, len(entries), tracking.LOG_BATCH):
+                self._client.log_batch(self.run_id, metrics=entries[start : start + tracking.LOG_BATCH])
 
         self._attempt("metric values", len(metrics), send)
 
