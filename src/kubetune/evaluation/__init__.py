@@ -2,7 +2,8 @@
 
 EVALUATION/ holds metrics.json (the same metrics as training, over the real classes), confusion.json
 (the full matrix), per_class.csv, predictions.parquet (one row per test row: the retained columns,
-the true and predicted label and the model's confidence), confusion.png and report.html.
+the true and predicted label and the model's confidence), confusion.png and report.html; and
+learning_curves.png when the model folder has a training_history.json (kubetune.train.history).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import numpy as np
 from kubetune import storage
 from kubetune.config import RunConfig
 from kubetune.errors import DataError
+from kubetune.evaluation.curves import learning_curves_png
 from kubetune.evaluation.report import (
     confusion_matrix,
     confusion_png,
@@ -28,12 +30,14 @@ from kubetune.evaluation.report import (
     render_html,
     worst_confusions,
 )
+from kubetune.train.history import read_training_history
 
 logger = logging.getLogger(__name__)
 
 # Classes drawn in the KFP UI's confusion matrix and the report's picture; the rest fold into "other".
 SHOWN_CLASSES = 25
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+LEARNING_CURVES_FILE = "learning_curves.png"
 
 
 @dataclass(frozen=True)
@@ -98,6 +102,7 @@ def evaluate(
         if len(rows) == 0:
             raise DataError(f"the {split!r} split of {data_uri} is empty; raise split.test_size")
         model, tokenizer, label_map = load_trained_classifier(model_dir)
+        history = read_training_history(model_dir)
         logits = predict_logits(model, tokenizer, rows, config.training.eval_batch_size)
 
         labels = np.asarray(rows["labels"])
@@ -121,7 +126,11 @@ def evaluate(
                 "model": str(model_uri),
                 "classes": f"{num_real} real of {label_map.max_classes} slots",
             }
-            html = render_html("kubetune evaluation", metrics, class_rows, worst_confusions(matrix, real), png, facts)
+            curves = learning_curves_png(history) if history is not None else None
+            if curves is not None:
+                (out / LEARNING_CURVES_FILE).write_bytes(curves)
+            html = render_html("kubetune evaluation", metrics, class_rows, worst_confusions(matrix, real), png, facts,
+                               curves_png=curves)
             (out / "report.html").write_text(html)
             if mlflow_run_id:
                 _log_to_mlflow(config, mlflow_run_id, split, metrics, out, model_dir)
@@ -169,8 +178,9 @@ def _log_to_mlflow(config: RunConfig, run_id: str, split: str, metrics: dict[str
         client = tracking.client_for(uri)
         now = int(time.time() * 1000)
         client.log_batch(run_id, metrics=[Metric(f"{split}/{name}", float(value), now, 0) for name, value in metrics.items()])
-        for name in ("report.html", "per_class.csv", "confusion.json", "confusion.png"):
-            client.log_artifact(run_id, str(out / name), artifact_path="evaluation")
+        for name in ("report.html", "per_class.csv", "confusion.json", "confusion.png", LEARNING_CURVES_FILE):
+            if (out / name).exists():
+                client.log_artifact(run_id, str(out / name), artifact_path="evaluation")
         if config.tracking.log_model:
             from kubetune.serving import log_model
 

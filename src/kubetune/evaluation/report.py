@@ -150,8 +150,13 @@ def render_html(
     confusions: Sequence[Confusion],
     png: bytes,
     facts: dict[str, str],
+    curves_png: bytes | None = None,
 ) -> str:
-    """A self-contained HTML page (inline CSS, picture and script): readable offline and in the KFP UI."""
+    """A self-contained HTML page (inline CSS, picture and script): readable offline and in the KFP UI.
+
+    `curves_png` (kubetune.evaluation.curves) adds a learning-curves section; None (a model saved
+    without training_history.json) leaves it out.
+    """
     e = html.escape
     cards = "".join(
         f'<div class="card"><b>{value:.2%}</b><span>{e(_METRIC_NAMES.get(name, name))}</span></div>'
@@ -171,6 +176,11 @@ def render_html(
         for c in confusions
     ) or '<tr><td colspan=4>No confusions: every row was classified correctly.</td></tr>'
     picture = base64.b64encode(png).decode()
+    curves = "" if curves_png is None else (
+        '<h2>Learning curves</h2>\n<p class="meta">Training and validation during training; the dashed line marks the '
+        "best evaluation. A validation curve still rising at the right edge says more epochs may help.</p>\n"
+        f'<img alt="learning curves" src="data:image/png;base64,{base64.b64encode(curves_png).decode()}">\n'
+    )
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">
 <title>{e(title)}</title><style>{_STYLE}</style></head><body>
@@ -185,6 +195,6 @@ def render_html(
 <h2>Confusion matrix</h2>
 <p class="meta">The most frequent classes; all others are folded into “other”. The full matrix is in confusion.json.</p>
 <img alt="confusion matrix" src="data:image/png;base64,{picture}">
-<script>{_SORT_SCRIPT}</script>
+{curves}<script>{_SORT_SCRIPT}</script>
 </body></html>
 """

@@ -9,7 +9,7 @@ CPU ranks without a GPU), MLflow tracks into a SQLite store and artifacts stay i
       kfp/                        each pipeline run's step outputs (kfp.local's pipeline root)
       kfp-cache/                  kfp.local's step cache: same inputs → preprocess and tokenize are skipped
       <run id>/train/             the trainer's checkpoints and final model
-      <run id>/summary.json       what the run printed at the end
+      <run id>/summary.json       what the run printed at the end (LocalRunSummary)
 
 The run's MLflow run ends FINISHED or FAILED through the pipeline's exit handler, which kfp.local (2.17)
 runs like a cluster does, after a failed step too. An interrupted `kubetune run` (Ctrl-C, SIGTERM) never
@@ -40,6 +40,14 @@ from kubetune.config import RunConfig, load_config
 from kubetune.console import format_table
 from kubetune.errors import EXIT_TERMINATED, KubetuneError
 from kubetune.pipeline.steps import CONFIG_NAME_ENV, TIMINGS_ENV
+from kubetune.train.history import (
+    HEADERS,
+    EvaluationRow,
+    evaluation_rows,
+    more_epochs_hint,
+    read_training_history,
+    table_rows,
+)
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 STEPS = ("validate", "preprocess", "tokenize", "train", "evaluate")
@@ -57,6 +65,10 @@ class LocalRunSummary:
     evaluation_dir: str = ""
     mlflow_tracking_uri: str = ""
     mlflow_run_id: str = ""
+    # Each evaluation on the validation split during training (kubetune.train.history); empty for a
+    # model saved without training_history.json.
+    evaluations: list[EvaluationRow] = field(default_factory=list)
+    training_hint: str = ""  # one line when the last evaluation was still clearly the best
 
 
 class PipelineTerminated(BaseException):
@@ -316,18 +328,25 @@ def _summarize(steps: dict[str, dict[str, Any]], run_id: str, runs_dir: Path, el
     metadata = model_dir / "model_metadata.json"
     if metadata.exists():
         mlflow_run_id = json.loads(metadata.read_text()).get("mlflow_run_id", "") or ""
+    history = read_training_history(model_dir) if "model" in steps.get("train", {}).get("outputs", {}) else None
     return LocalRunSummary(
         run_id=run_id, runs_dir=str(runs_dir), seconds=round(elapsed, 1),
         step_seconds={step: steps[step]["seconds"] if step in steps else None for step in STEPS},
         test_metrics={k: v for k, v in test_metrics.items() if isinstance(v, (int, float))},
         model_dir=str(model_dir), report=str(report), evaluation_dir=str(evaluation_dir),
         mlflow_tracking_uri=tracking_uri or "", mlflow_run_id=mlflow_run_id,
+        evaluations=evaluation_rows(history) if history is not None else [],
+        training_hint=(more_epochs_hint(history) or "") if history is not None else "",
     )
 
 
 def format_summary(summary: LocalRunSummary) -> str:
     steps = [(step, f"{seconds:.1f}" if seconds is not None else "cached") for step, seconds in summary.step_seconds.items()]
     lines = [format_table(["step", "seconds"], steps + [("total", f"{summary.seconds:.1f}")], title=f"run {summary.run_id}")]
+    if summary.evaluations:
+        lines.append(format_table(HEADERS, table_rows(summary.evaluations), title="validation during training"))
+        if summary.training_hint:
+            lines.append(summary.training_hint)
     if summary.test_metrics:
         shown = [(name, value) for name, value in summary.test_metrics.items()]
         lines.append(format_table(["test metric", "value"], shown))

@@ -7,7 +7,8 @@
       build_training_arguments
       prepare_resume     the newest complete checkpoint (downloaded first when OUT is remote)
       open_output        OUT/config.yaml, run.json, the MLflow run: nothing of a finished OUT changes before this
-      fit                the Trainer with the checkpoint, speed, memory, SIGTERM and MLflow callbacks
+      fit                the Trainer with the checkpoint, speed, memory, SIGTERM and MLflow callbacks;
+                         its log history (train loss, each evaluation) kept for model/training_history.json
       evaluate           validation with the final model (the test split is the evaluate stage's alone)
       save               rank 0 after a barrier: OUT/model, metadata, metrics, artifacts, OUT/_COMPLETE
       cleanup            MLflow run closed, scratch removed
@@ -20,6 +21,7 @@ OUT's layout is described in kubetune.train.outputs.
 from __future__ import annotations
 
 import inspect
+import json
 import logging
 import platform
 import warnings
@@ -42,6 +44,15 @@ from kubetune.train.arguments import (
 )
 from kubetune.train.callbacks import MemoryCallback, SigtermCheckpointCallback, SpeedCallback
 from kubetune.train.checkpoints import CheckpointCallback, checkpoint_step, prepare_resume
+from kubetune.train.history import (
+    HEADERS,
+    TRAINING_HISTORY_FILE,
+    TrainingHistory,
+    evaluation_rows,
+    history_from_log,
+    more_epochs_hint,
+    table_rows,
+)
 from kubetune.train.loss import ClassificationLoss, class_weights_for
 from kubetune.train.metrics import build_compute_metrics
 from kubetune.train.model import (
@@ -111,6 +122,7 @@ class TrainingRun:
     sigterm: SigtermCheckpointCallback = field(default_factory=SigtermCheckpointCallback)
     input_columns: list[str] = field(default_factory=list)
     resumed_from: Path | None = None
+    history: dict[str, Any] = field(default_factory=dict)  # training_history.json (kubetune.train.history)
 
 
 def train(config: RunConfig, data_uri: str, output_uri: str) -> dict[str, float]:
@@ -281,6 +293,9 @@ def fit(trainer: Trainer, run: TrainingRun) -> dict[str, float]:
     if resume is not None:
         print_main(f"resuming from {resume.name} (step {checkpoint_step(resume)})")
     result = trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
+    # Now, before the final evaluation adds a point of the saved model; a resumed state holds the earlier part.
+    run.history = history_from_log(trainer.state.log_history, trainer.args.metric_for_best_model,
+                                   trainer.args.greater_is_better)
     if run.sigterm.stopped_at is not None:
         raise TrainingInterrupted(
             f"stopped by SIGTERM at step {run.sigterm.stopped_at} after saving checkpoint-{run.sigterm.stopped_at} "
@@ -316,10 +331,12 @@ def save(trainer: Trainer, run: TrainingRun, metrics: dict[str, float]) -> None:
         with storage.atomic_output_dir(paths.child(MODEL_DIR), "model", config.storage) as staging:
             save_trained_model(model, run.tokenizer, label_map, staging, metadata, metrics,
                                merge=config.lora.merge_on_save and config.lora.enable, state_dict=state_dict)
+            (staging / TRAINING_HISTORY_FILE).write_text(json.dumps(run.history, indent=2) + "\n")
             files = sorted(p for p in staging.iterdir() if p.is_file())
             # In a pipeline the evaluate step logs the model, as the run's MLflow model: one copy, one owner.
             logged = files if config.tracking.log_model and not run.tracker.in_pipeline_run else [
-                p for p in files if p.name in ("label_map.json", "model_metadata.json", "training_metrics.json")
+                p for p in files if p.name in ("label_map.json", "model_metadata.json", "training_metrics.json",
+                                            TRAINING_HISTORY_FILE)
             ]
             run.tracker.log_artifacts(logged, "model")
         run.tracker.log_artifacts([run.data.directory / METADATA_FILE])
@@ -328,6 +345,12 @@ def save(trainer: Trainer, run: TrainingRun, metrics: dict[str, float]) -> None:
         shown = [(name, value) for name, value in sorted(metrics.items())
                  if name.startswith(("eval_", "speed/train_")) or name in ("train_loss", "global_step")]
         print_table(["metric", "value"], shown, title=f"training finished: {paths.child(MODEL_DIR)}")
+        history = TrainingHistory.from_dict(run.history)
+        if history.eval:
+            print_table(HEADERS, table_rows(evaluation_rows(history)), title="validation at each evaluation")
+            hint = more_epochs_hint(history)
+            if hint:
+                print_main(hint)
     barrier()
 
 
