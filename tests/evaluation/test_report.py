@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+
 import numpy as np
 
 from kubetune.evaluation.report import (
@@ -76,3 +78,13 @@ def test_html_is_self_contained_and_escapes_labels():
 
 def test_png_is_a_png():
     assert confusion_png(["a", "b"], [[1, 0], [0, 1]])[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_learning_curves_section_only_with_a_picture():
+    matrix = confusion_matrix(np.array([0, 1]), np.array([0, 1]), 2)
+    labels = ["a", "b"]
+    args = ("t", {"accuracy": 1.0}, per_class_rows(matrix, labels), [], confusion_png(labels, matrix.tolist()), {})
+    curves = b"\x89PNG\r\n\x1a\nnot-a-real-picture"
+    with_curves = render_html(*args, curves_png=curves)
+    assert "<h2>Learning curves</h2>" in with_curves and base64.b64encode(curves).decode() in with_curves
+    assert "Learning curves" not in render_html(*args)

@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 from kubetune.config import load_config
 from kubetune.storage import COMPLETE_MARKER
+from kubetune.train.history import TRAINING_HISTORY_FILE
 from kubetune.train.recipe import train
 from kubetune.train.trainer import SeededLengthGroupedSampler
 
@@ -100,6 +101,11 @@ def test_resume_after_the_first_epoch_is_exact(unbroken, small_tokenized: Path, 
     # train_loss is the mean over all 20 steps, not over the 10 the rerun trained.
     assert metrics["train_loss"] == reference_metrics["train_loss"]
     assert metrics["eval_loss"] == reference_metrics["eval_loss"]
+    # The Trainer's state restored the log history before the checkpoint: the saved history is the whole run's.
+    saved = json.loads((out / "model" / TRAINING_HISTORY_FILE).read_text())
+    assert saved == json.loads((reference / "model" / TRAINING_HISTORY_FILE).read_text())
+    assert [p["step"] for p in saved["train"]] == list(range(LOG_EVERY, MAX_STEPS + 1, LOG_EVERY))
+    assert [p["step"] for p in saved["eval"]] == [8, 16, MAX_STEPS]  # each epoch of 8 steps, and where max_steps ends
 
 
 def test_a_rerun_that_starts_at_the_last_step_keeps_the_runs_train_loss(unbroken, small_tokenized: Path,

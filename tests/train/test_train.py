@@ -23,7 +23,7 @@ CHECKPOINT_FILES = {
 }
 MODEL_FILES = {
     "README.md", "_COMPLETE", "adapter_config.json", "adapter_model.safetensors", "label_map.json",
-    "model_metadata.json", "tokenizer.json", "tokenizer_config.json", "training_metrics.json",
+    "model_metadata.json", "tokenizer.json", "tokenizer_config.json", "training_metrics.json", "training_history.json",
 }
 # LoRA r=8 on query and value of 2 layers (hidden 32) plus the 32x6 head with its bias
 BERT_TRAINABLE = 2 * 2 * (8 * 32 + 32 * 8) + (32 * 6 + 6)

@@ -1,0 +1,58 @@
+"""`kubetune run`'s printed summary: the evaluations during training and the more-epochs hint."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+from kubetune.pipeline.local import LocalRunSummary, _summarize, format_summary
+from kubetune.train.history import TRAINING_HISTORY_FILE, EvaluationRow
+
+ROWS = [
+    EvaluationRow(epoch=1.0, step=47, train_loss=2.8123, eval_loss=2.41, eval_accuracy=0.63, eval_macro_f1=0.25, best=False),
+    EvaluationRow(epoch=2.0, step=94, train_loss=1.93456, eval_loss=1.9, eval_accuracy=0.69, eval_macro_f1=0.46, best=True),
+]
+HINT = "validation macro F1 still rising at the last evaluation (epoch 2: 0.2500 → 0.4600): more epochs may help (training.epochs)"
+
+
+def summary(**fields) -> LocalRunSummary:
+    return LocalRunSummary(run_id="r1", runs_dir="runs", seconds=12.0,
+                           step_seconds={"validate": 1.0, "preprocess": None, "tokenize": None, "train": 9.0, "evaluate": 2.0},
+                           test_metrics={"accuracy": 0.7}, model_dir="m", report="report.html", **fields)
+
+
+def test_the_summary_shows_each_evaluation_with_the_best_marked():
+    text = format_summary(summary(evaluations=ROWS))
+    table = text.split("validation during training\n", 1)[1].splitlines()
+    assert table[0].split() == ["epoch", "step", "train", "loss", "val", "loss", "val", "accuracy", "val", "macro", "F1"]
+    assert table[2].split() == ["1", "47", "2.8123", "2.4100", "0.6300", "0.2500"]
+    assert table[3].split() == ["2", "94", "1.9346", "1.9000", "0.6900", "0.4600", "←", "best"]
+    assert "more epochs may help" not in text
+
+
+def test_the_hint_follows_the_table_and_a_model_without_history_shows_neither():
+    lines = format_summary(summary(evaluations=ROWS, training_hint=HINT)).splitlines()
+    assert lines[lines.index(HINT) - 1].endswith("0.4600        ← best")
+    plain = format_summary(summary())
+    assert "validation during training" not in plain and "more epochs" not in plain
+
+
+def test_summarize_reads_the_history_beside_the_model(tmp_path: Path):
+    model = tmp_path / "model"
+    model.mkdir()
+    evals = [{"step": 10 * (i + 1), "epoch": float(i + 1), "eval_loss": 1.0, "eval_accuracy": 0.5, "eval_macro_f1": f1}
+             for i, f1 in enumerate((0.25, 0.46))]
+    (model / TRAINING_HISTORY_FILE).write_text(json.dumps({
+        "format": 1, "metric_for_best_model": "eval_macro_f1", "greater_is_better": True, "best_step": 20,
+        "train": [{"step": 5, "epoch": 0.5, "loss": 1.5, "learning_rate": 0.1}], "eval": evals}))
+    steps = {"train": {"seconds": 1.0, "outputs": {"model": str(model)}}}
+    found = _summarize(steps, "r1", tmp_path, 1.0, None)
+    assert [(r.step, r.train_loss, r.eval_macro_f1, r.best) for r in found.evaluations] == [(10, 1.5, 0.25, False),
+                                                                                           (20, None, 0.46, True)]
+    assert found.training_hint == HINT
+    assert asdict(found)["evaluations"][1]["best"] is True  # summary.json
+
+    (model / TRAINING_HISTORY_FILE).unlink()  # a model trained before the file existed
+    older = _summarize(steps, "r1", tmp_path, 1.0, None)
+    assert older.evaluations == [] and older.training_hint == ""
