@@ -60,6 +60,9 @@ def test_whole_pipeline_runs_locally_and_a_second_run_reuses_the_data_steps(tmp_
     report = Path(first.report).read_text()
     assert report.lstrip().lower().startswith("<!doctype html") and "confusion" in report.lower()
     assert (tmp_path / "runs" / "first" / "summary.json").exists()
+    # max_steps 6 ends inside the first epoch: the Trainer evaluates there, once.
+    assert [row.step for row in first.evaluations] == [6] and first.evaluations[0].best
+    assert (Path(first.evaluation_dir) / "learning_curves.png").exists() and "Learning curves" in report
 
     # One MLflow run per pipeline run, tagged with the run id; train and evaluate both logged into it.
     from mlflow.tracking import MlflowClient

@@ -48,11 +48,12 @@ def _finite(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def history_from_log(log_history: Iterable[Mapping[str, Any]], metric_for_best_model: str,
+def history_from_log(log_history: Iterable[Mapping[str, Any]], metric_for_best_model: str | None,
                      greater_is_better: bool) -> dict[str, Any]:
     """training_history.json's content from the Trainer's `state.log_history` (taken before any evaluation
     after training, which would add a point of the final model)."""
-    metric = metric_for_best_model if metric_for_best_model.startswith("eval_") else f"eval_{metric_for_best_model}"
+    name = metric_for_best_model or "loss"  # the Trainer's own default
+    metric = name if name.startswith("eval_") else f"eval_{name}"
     train, evals = [], []
     for entry in log_history:
         if "loss" in entry and _number(entry["loss"]):
