@@ -203,6 +203,12 @@ class ModelConfig(Section):
         "sdpa", description="Attention kernel."
     )
     trust_remote_code: bool = Field(False, description="Run code shipped with the model repository (off: safer).")
+    pooling: Literal["auto", "cls", "mean"] = Field(
+        "auto",
+        description="What the head reads: `cls` the architecture's own pooler over the first token, `mean` the "
+        "masked mean of the token states (BERT-family encoders); `auto`: as the checkpoint was trained (mean for "
+        "sentence-transformers checkpoints that pool by mean, such as the embedded MiniLM), else `cls`.",
+    )
 
     @field_validator("name")
     @classmethod
@@ -238,6 +244,12 @@ class LoraConfig(Section):
         description="Modules trained in full beside the adapters; unset: the classification head of the architecture.",
     )
     merge_on_save: bool = Field(False, description="Also save the base model with the adapters merged in (model/merged).")
+    loraplus_lr_ratio: float | None = Field(
+        None,
+        gt=0.0,
+        description="LoRA+: the LoRA B matrices learn at `training.learning_rate` times this (PEFT's name; the "
+        "LoRA+ paper uses 16); unset: the same rate as A.",
+    )
 
 
 # ---------------------------------------------------------------------------------------- deepspeed
@@ -281,6 +293,12 @@ class TrainingConfig(Section):
     lr_scheduler_type: Literal[
         "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup", "inverse_sqrt"
     ] = Field("linear", description="Learning-rate schedule after warm-up.")
+    head_learning_rate: float | None = Field(
+        None,
+        gt=0,
+        description="Peak learning rate of the classification head (trained in full beside the adapters); "
+        "unset: `learning_rate`.",
+    )
     optim: str = Field(
         "auto", description="Optimizer name as in TrainingArguments; `auto`: fused AdamW on GPU, AdamW on CPU."
     )

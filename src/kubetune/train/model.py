@@ -19,6 +19,7 @@ from kubetune.distributed import print_main
 from kubetune.errors import ConfigError, DataError, KubetuneError, short_reason
 from kubetune.hub import resolve_model_path
 from kubetune.train.loss import mask_dummy_logits
+from kubetune.train.pooling import CLS, install_pooling, resolve_pooling
 
 if TYPE_CHECKING:
     from torch import nn
@@ -96,11 +97,17 @@ def instantiate_model(
         attn_implementation=section.attn_implementation,
         trust_remote_code=section.trust_remote_code,
     )
+    install_pooling(model, resolve_pooling(section.pooling, model_path, model))
     if section.gradient_checkpointing:
         # Non-reentrant: the reentrant form needs inputs that require grad, which frozen LoRA bases lack.
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
     return model
+
+
+def base_of(model: nn.Module) -> nn.Module:
+    """The transformers model inside a PEFT wrapper (or the model itself)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def head_module_names(model: nn.Module, lora: LoraSection) -> list[str]:
@@ -286,9 +293,12 @@ def load_trained_classifier(model_dir: str | Path) -> tuple[nn.Module, PreTraine
             base_path, config=base_config, attn_implementation=metadata.get("attn_implementation", "sdpa"),
             trust_remote_code=trust_remote_code,
         )
+        # Pooled as in training, before the adapters go on (they were trained without the replaced pooler).
+        install_pooling(base, metadata.get("pooling", CLS))
         model = PeftModel.from_pretrained(base, model_dir)
     else:
         model = AutoModelForSequenceClassification.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+        install_pooling(model, metadata.get("pooling", CLS))
     model.eval()
     install_dummy_slot_mask(model, label_map.num_real_labels)
     return model, tokenizer, label_map

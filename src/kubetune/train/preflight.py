@@ -174,6 +174,7 @@ def check_model_build(config: RunConfig, model_config: Any) -> None:
     from transformers import AutoModelForSequenceClassification
 
     from kubetune.train.model import HEAD_DROPOUT_KEYS, head_module_names, linear_layer_names
+    from kubetune.train.pooling import MEAN, resolve_pooling
 
     if config.model.dropout is not None and not any(hasattr(model_config, key) for key in HEAD_DROPOUT_KEYS):
         raise ConfigError([
@@ -181,7 +182,7 @@ def check_model_build(config: RunConfig, model_config: Any) -> None:
             "remove model.dropout"
         ])
     lora = config.lora
-    if not lora.enable:
+    if not lora.enable and config.model.pooling != MEAN:
         return
     try:
         with torch.device("meta"):
@@ -190,6 +191,10 @@ def check_model_build(config: RunConfig, model_config: Any) -> None:
     except (OSError, ValueError) as exc:
         # Not fatal here: instantiate_model loads the real thing and reports its own error.
         logger.debug("no weightless copy of %s (%s); LoRA targets are checked when the model is built", config.model.name, exc)
+        return
+    if config.model.pooling == MEAN:
+        resolve_pooling(MEAN, "", skeleton)  # an architecture without a pooler to replace is an error
+    if not lora.enable:
         return
     head_module_names(skeleton, lora)
     if isinstance(lora.target_modules, list):

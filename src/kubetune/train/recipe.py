@@ -57,6 +57,8 @@ from kubetune.train.loss import ClassificationLoss, class_weights_for
 from kubetune.train.metrics import build_compute_metrics
 from kubetune.train.model import (
     apply_lora,
+    base_of,
+    head_module_names,
     instantiate_model,
     load_tokenizer,
     lora_description,
@@ -71,6 +73,7 @@ from kubetune.train.outputs import (
     clear_scratch,
     stage_remote_dir,
 )
+from kubetune.train.pooling import pooling_of
 from kubetune.train.preflight import (
     METADATA_FILE,
     TRAIN,
@@ -88,7 +91,7 @@ from kubetune.train.preflight import (
     zero_stage,
 )
 from kubetune.train.tracking import Tracker, TrackingCallback
-from kubetune.train.trainer import BatchCollator, KubetuneTrainer
+from kubetune.train.trainer import BatchCollator, KubetuneTrainer, LearningRates
 
 if TYPE_CHECKING:
     from torch import nn
@@ -238,7 +241,7 @@ def run_state(tracker: Tracker) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------- trainer
 def model_input_columns(model: nn.Module, dataset_columns: list[str]) -> list[str]:
     """The tokenized columns this model's forward takes (BERT takes token_type_ids, Qwen2 doesn't)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = base_of(model)
     accepted = inspect.signature(base.forward).parameters
     optional = [c for c in ("token_type_ids",) if c in dataset_columns and c in accepted]
     return ["input_ids", "attention_mask", *optional, "labels"]
@@ -278,6 +281,9 @@ def build_trainer(run: TrainingRun, model: nn.Module, args: Any) -> Trainer:
         compute_metrics=build_compute_metrics(label_map.num_real_labels),
         callbacks=callbacks,
         speed=run.speed,
+        learning_rates=LearningRates(config.training.learning_rate, config.training.head_learning_rate,
+                                     config.lora.loraplus_lr_ratio if config.lora.enable else None,
+                                     tuple(head_module_names(base_of(model), config.lora))),
     )
     # Speed and memory figures go into the logs before the printer and MLflow callbacks read them.
     handler = trainer.callback_handler
@@ -374,7 +380,7 @@ def model_metadata(run: TrainingRun, model: nn.Module, metrics: dict[str, float]
     import transformers
 
     config, label_map, data_metadata = run.config, run.data.label_map, run.data.metadata
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = base_of(model)
     versions = {
         "kubetune": __version__, "python": platform.python_version(), "torch": torch.__version__,
         "transformers": transformers.__version__, "peft": peft.__version__, "accelerate": accelerate.__version__,
@@ -391,6 +397,7 @@ def model_metadata(run: TrainingRun, model: nn.Module, metrics: dict[str, float]
         "architecture": type(base).__name__,
         "model_type": base.config.model_type,
         "attn_implementation": config.model.attn_implementation,
+        "pooling": pooling_of(model),
         "dtype": config.model.dtype,
         "trust_remote_code": config.model.trust_remote_code,
         "label_column": label_map.label_column,

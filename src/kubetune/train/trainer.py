@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -72,16 +73,68 @@ class SeededLengthGroupedSampler(Sampler[int]):
         return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=generator))
 
 
+@dataclass(frozen=True)
+class LearningRates:
+    """Peak learning rates by kind of parameter: the adapters (or every weight in a full fine-tune) at `base`,
+    the classification head at `head` (it starts from random and has the most to learn), the LoRA B
+    matrices at `base * loraplus_ratio` (LoRA+, Hayou et al. 2024: B starts at zero). None: `base`."""
+
+    base: float
+    head: float | None = None
+    loraplus_ratio: float | None = None
+    head_modules: tuple[str, ...] = ()
+
+    def rate_of(self, name: str) -> float:
+        parts = name.split(".")
+        if self.head is not None and any(part in self.head_modules for part in parts):
+            return self.head
+        if self.loraplus_ratio is not None and "lora_B" in parts:
+            return self.base * self.loraplus_ratio
+        return self.base
+
+    @property
+    def uniform(self) -> bool:
+        return self.head is None and self.loraplus_ratio is None
+
+
+def split_by_rate(groups: list[dict[str, Any]], names: dict[int, str], rates: LearningRates) -> list[dict[str, Any]]:
+    """The Trainer's parameter groups (by weight decay) split further by learning rate; empty groups dropped."""
+    split: list[dict[str, Any]] = []
+    for group in groups:
+        by_rate: dict[float, list[Any]] = {}
+        for parameter in group["params"]:
+            by_rate.setdefault(rates.rate_of(names[id(parameter)]), []).append(parameter)
+        for rate, params in by_rate.items():
+            split.append({**group, "params": params, "lr": rate})
+    return split
+
+
 class KubetuneTrainer(Trainer):
     """transformers' Trainer, counting each training batch's real and padded tokens for SpeedCallback,
     with an evaluation loss that is exact over the whole split on any number of ranks, and an exact
     resume (see the module docstring)."""
 
-    def __init__(self, *args: Any, speed: SpeedCallback, **kwargs: Any):
+    def __init__(self, *args: Any, speed: SpeedCallback, learning_rates: LearningRates | None = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.speed = speed
+        self.learning_rates = learning_rates
         self._train_sampler: SeededLengthGroupedSampler | None = None
         self._resumed_loss: dict[str, float] | None = None  # taken back at the first epoch (or the end)
+
+    # ------------------------------------------------------------------------------------ optimizer
+    def create_optimizer(self, model: Any = None) -> Any:
+        optimizer = super().create_optimizer(model)
+        rates = self.learning_rates
+        if rates is None or rates.uniform or optimizer is None:
+            return optimizer
+        # Before the first step the optimizer holds no state, so its groups can be rebuilt; the scheduler,
+        # made next, scales each group's own peak rate.
+        names = {id(p): n for n, p in (self.model if model is None else model).named_parameters()}
+        groups = split_by_rate(optimizer.param_groups, names, rates)
+        optimizer.param_groups.clear()
+        for group in groups:
+            optimizer.add_param_group(group)
+        return optimizer
 
     # ------------------------------------------------------------------------------- sampling order
     def _get_train_sampler(self, train_dataset: Any = None) -> Any:
