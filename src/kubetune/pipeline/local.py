@@ -39,6 +39,7 @@ from kubetune import storage
 from kubetune.config import RunConfig, load_config
 from kubetune.console import format_table
 from kubetune.errors import EXIT_TERMINATED, KubetuneError
+from kubetune.evaluation.baseline import BASELINE_METRICS_FILE, comparison_rows, verdict
 from kubetune.pipeline.steps import CONFIG_NAME_ENV, TIMINGS_ENV
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
@@ -52,6 +53,7 @@ class LocalRunSummary:
     seconds: float
     step_seconds: dict[str, float | None]  # None: served from kfp.local's cache
     test_metrics: dict[str, float] = field(default_factory=dict)
+    baseline_metrics: dict[str, float] = field(default_factory=dict)  # the TF-IDF baseline's; empty without one
     model_dir: str = ""
     report: str = ""
     evaluation_dir: str = ""
@@ -310,6 +312,8 @@ def _summarize(steps: dict[str, dict[str, Any]], run_id: str, runs_dir: Path, el
     evaluation_dir = Path(steps.get("evaluate", {}).get("outputs", {}).get("evaluation", ""))
     metrics_file = evaluation_dir / "metrics.json"
     test_metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
+    baseline_file = evaluation_dir / BASELINE_METRICS_FILE
+    baseline_metrics = json.loads(baseline_file.read_text()) if baseline_file.exists() else {}
     # The same page as the step's HTML artifact, under a name a browser opens by double-click.
     report = evaluation_dir / "report.html"
     mlflow_run_id = ""
@@ -320,6 +324,7 @@ def _summarize(steps: dict[str, dict[str, Any]], run_id: str, runs_dir: Path, el
         run_id=run_id, runs_dir=str(runs_dir), seconds=round(elapsed, 1),
         step_seconds={step: steps[step]["seconds"] if step in steps else None for step in STEPS},
         test_metrics={k: v for k, v in test_metrics.items() if isinstance(v, (int, float))},
+        baseline_metrics={k: v for k, v in baseline_metrics.items() if isinstance(v, (int, float))},
         model_dir=str(model_dir), report=str(report), evaluation_dir=str(evaluation_dir),
         mlflow_tracking_uri=tracking_uri or "", mlflow_run_id=mlflow_run_id,
     )
@@ -328,7 +333,11 @@ def _summarize(steps: dict[str, dict[str, Any]], run_id: str, runs_dir: Path, el
 def format_summary(summary: LocalRunSummary) -> str:
     steps = [(step, f"{seconds:.1f}" if seconds is not None else "cached") for step, seconds in summary.step_seconds.items()]
     lines = [format_table(["step", "seconds"], steps + [("total", f"{summary.seconds:.1f}")], title=f"run {summary.run_id}")]
-    if summary.test_metrics:
+    if summary.test_metrics and summary.baseline_metrics:
+        lines.append(format_table(["test metric", "model", "baseline", "difference"],
+                                  comparison_rows(summary.test_metrics, summary.baseline_metrics)))
+        lines.extend(filter(None, [verdict(summary.test_metrics, summary.baseline_metrics)]))
+    elif summary.test_metrics:
         shown = [(name, value) for name, value in summary.test_metrics.items()]
         lines.append(format_table(["test metric", "value"], shown))
     lines.append(f"model:       {summary.model_dir}")
