@@ -1,6 +1,7 @@
 """The evaluate step's TF-IDF baseline: what fitting and scoring it costs on the largest data we ship a config for.
 
     python -m bench.baseline_cost                       # council (218k rows, configs/council-spend.yaml's split and serialization)
+    python -m bench.baseline_cost --dataset demo        # the demo ledger of `kubetune run` (6,000 rows)
     python -m bench.baseline_cost --max-features 100000 # another vocabulary cap
 
 Rows go to bench/results/baseline_cost.csv. The preprocess output is cached under bench/work/ (see bench.data).
@@ -17,7 +18,20 @@ from collections.abc import Sequence
 import numpy as np
 
 from bench.common import WORK_DIR, append_rows, run_info
-from bench.data import check_dataset, dataset_sections, preprocess
+from bench.data import DATA_SECTIONS, check_dataset, dataset_sections, preprocess
+
+
+def sections_of(name: str) -> dict[str, object]:
+    """The data sections of a shipped dataset config, or of the demo config `kubetune run` runs by default."""
+    if name != "demo":
+        check_dataset(name)
+        return dataset_sections(name)
+    import yaml
+
+    from kubetune.pipeline.local import DEFAULT_CONFIG
+
+    raw = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    return {key: raw[key] for key in DATA_SECTIONS if key in raw}
 
 
 def measure(name: str, max_features: int, max_rows: int) -> dict[str, object]:
@@ -26,8 +40,7 @@ def measure(name: str, max_features: int, max_rows: int) -> dict[str, object]:
     from kubetune.data.labels import LabelMap
     from kubetune.evaluation.baseline import baseline_metrics, fit_baseline
 
-    check_dataset(name)
-    preprocessed = preprocess(name, dataset_sections(name), WORK_DIR / "preprocessed" / name)
+    preprocessed = preprocess(name, sections_of(name), WORK_DIR / "preprocessed" / name)
     data = datasets.load_from_disk(str(preprocessed))
     num_real = LabelMap.load(preprocessed).num_real_labels
     train_texts, train_labels = data["train"]["text"], np.asarray(data["train"]["labels"])
