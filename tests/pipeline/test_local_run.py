@@ -56,6 +56,9 @@ def test_whole_pipeline_runs_locally_and_a_second_run_reuses_the_data_steps(tmp_
     # The TF-IDF baseline, scored on the same rows, is on by default.
     assert first.baseline_metrics == json.loads((Path(first.evaluation_dir) / "baseline_metrics.json").read_text())
     assert set(first.baseline_metrics) == set(first.test_metrics)
+    [evaluate_output] = (tmp_path / "runs" / "kfp").glob("*/evaluate/executor_output.json")
+    kfp_metrics = json.loads(evaluate_output.read_text())["artifacts"]["metrics"]["artifacts"][0]["metadata"]
+    assert kfp_metrics == {**first.test_metrics, **{f"baseline/{k}": v for k, v in first.baseline_metrics.items()}}
     model_dir = Path(first.model_dir)
     assert (model_dir / "adapter_config.json").exists() and (model_dir / "label_map.json").exists()
     assert json.loads((model_dir / "model_metadata.json").read_text())["label_slots"] == 64
