@@ -204,3 +204,18 @@ def test_kubetune_evaluate_prints_both_and_logs_the_baseline_to_mlflow(trained, 
         f"baseline/test/{name}": value for name, value in baseline.items()}
     assert logged["test/accuracy"] == model_metrics["accuracy"]
     assert "baseline_metrics.json" in {a.path.split("/")[-1] for a in client.list_artifacts(run_id, "evaluation")}
+
+
+def test_data_tokenized_without_the_text_column_is_decoded_with_a_warning(tiny_bert: Path, caplog):
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+
+    from kubetune.evaluation import serialized_texts
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
+    texts = ["fuel invoice", "laptop services"]
+    old = Dataset.from_dict({"input_ids": tokenizer(texts)["input_ids"], "labels": [0, 1]})
+    decoded = serialized_texts(old, tokenizer)
+    assert decoded == ["fuel invoice", "laptop services"]  # the tiny tokenizer is uncased and knows both words
+    assert "no text column" in caplog.text
+    assert serialized_texts(old.add_column("text", texts), tokenizer) == texts

@@ -156,7 +156,7 @@ def serialized_texts(split, tokenizer) -> list[str]:
         return list(split["text"])
     logger.warning("the tokenized data has no text column (tokenized by an older kubetune): the baseline reads "
                    "text decoded from input_ids, cut at tokenize.max_length; tokenize again for the exact text")
-    return tokenizer.batch_decode(split["input_ids"], skip_special_tokens=True)
+    return tokenizer.batch_decode([list(ids) for ids in split["input_ids"]], skip_special_tokens=True)
 
 
 def run_baseline(config: RunConfig, splits, rows, tokenizer, num_real: int) -> tuple[dict[str, float], np.ndarray, str] | None:

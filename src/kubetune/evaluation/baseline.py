@@ -76,6 +76,7 @@ def fit_baseline(
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import SGDClassifier
 
+    texts = list(texts)
     labels = np.asarray(labels, dtype=np.int64).reshape(-1)
     if len(labels) != len(texts):
         raise ValueError(f"{len(texts)} texts but {len(labels)} labels")
@@ -90,7 +91,7 @@ def fit_baseline(
     majority = present[np.argsort(-counts, kind="stable")][:1]
     vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, max_features=max_features, dtype=np.float32)
     try:
-        features = vectorizer.fit_transform(list(texts))
+        features = vectorizer.fit_transform(texts)
     except ValueError:  # "empty vocabulary": no text of two word characters or more
         return Baseline(None, None, majority, num_classes)
     if len(present) < 2:
