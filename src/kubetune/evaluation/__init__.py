@@ -114,9 +114,9 @@ def evaluate(
         class_rows = per_class_rows(matrix, real)
         folded_labels, folded = fold_matrix(matrix, real, SHOWN_CLASSES)
         baseline = run_baseline(config, splits, rows, tokenizer, num_real)
-        baseline_scores = baseline[0] if baseline else {}
+        baseline_scores = baseline.metrics if baseline else {}
         if baseline:
-            matrix_of_baseline = confusion_matrix(labels, baseline[1], num_real)
+            matrix_of_baseline = confusion_matrix(labels, baseline.predictions, num_real)
             f1_of_baseline = {r.label: r.f1 for r in per_class_rows(matrix_of_baseline, real)}
             # A class the baseline neither meets nor predicts has F1 0, as the model's would (zero_division=0).
             class_rows = [replace(r, baseline_f1=f1_of_baseline.get(r.label, 0.0)) for r in class_rows]
@@ -136,7 +136,7 @@ def evaluate(
                 "classes": f"{num_real} real of {label_map.max_classes} slots",
             }
             if baseline:
-                facts["baseline"] = baseline[2]
+                facts["baseline"] = baseline.description
             html = render_html("kubetune evaluation", metrics, class_rows, worst_confusions(matrix, real), png, facts,
                                baseline=baseline_scores or None)
             (out / "report.html").write_text(html)
@@ -159,9 +159,15 @@ def serialized_texts(split, tokenizer) -> list[str]:
     return tokenizer.batch_decode([list(ids) for ids in split["input_ids"]], skip_special_tokens=True)
 
 
-def run_baseline(config: RunConfig, splits, rows, tokenizer, num_real: int) -> tuple[dict[str, float], np.ndarray, str] | None:
-    """Fit the configured baseline on the train split and score it on `rows`: its metrics, its predicted slots
-    and a line saying what it was; None with `evaluate.baseline: none`."""
+@dataclass(frozen=True)
+class BaselineScores:
+    metrics: dict[str, float]  # classification_metrics' keys, as metrics.json
+    predictions: np.ndarray  # the predicted slot of each scored row
+    description: str  # what it was, for the report
+
+
+def run_baseline(config: RunConfig, splits, rows, tokenizer, num_real: int) -> BaselineScores | None:
+    """Fit the configured baseline on the train split and score it on `rows`; None with `evaluate.baseline: none`."""
     if config.evaluate.baseline == "none":
         return None
     from kubetune.evaluation.baseline import NAME, fit_baseline
@@ -180,7 +186,8 @@ def run_baseline(config: RunConfig, splits, rows, tokenizer, num_real: int) -> t
     fitted_rows = min(len(train), config.evaluate.baseline_max_train_rows)
     description = f"{NAME}, fitted on {fitted_rows:,} train rows ({seconds:.1f} s)"
     logger.info("baseline: %s; scored %d rows", description, len(rows))
-    return classification_metrics(scores, labels, num_real), real_class_predictions(scores, num_real), description
+    return BaselineScores(classification_metrics(scores, labels, num_real), real_class_predictions(scores, num_real),
+                          description)
 
 
 def _write_per_class(path: Path, rows) -> None:
