@@ -12,8 +12,8 @@ Why these choices (see bench/baseline_cost.py and bench/results/baseline_cost.cs
   for hundreds of one-vs-rest problems on 200k rows;
 - a cap on the vocabulary (the most frequent n-grams): the weights are dense, classes x features;
 - a cap on the train rows (sampled): the time grows with rows x classes. On council (163k train rows,
-  433 classes, 50k features) fit and predict take about 90 s on one core; the one-vs-rest problems run on
-  all cores (n_jobs=-1).
+  433 classes, 50k features) fit and predict took 92-116 s on one core of a shared machine; the one-vs-rest
+  problems run on all cores (n_jobs=-1).
 """
 
 from __future__ import annotations
