@@ -41,6 +41,10 @@ SECTION_COLUMNS: dict[str, tuple[str, ...]] = {
     ),
     "accuracy": ("dataset", "split", "system", "epochs", "accuracy", "macro_f1", "weighted_f1", "seconds", "source"),
     "pipeline": ("step", "seconds", "note"),
+    "baseline_cost": (
+        "dataset", "split", "max_features", "features", "train_rows", "test_rows", "fit_seconds", "predict_seconds",
+        "accuracy", "macro_f1",
+    ),
 }
 
 

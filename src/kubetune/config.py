@@ -355,6 +355,25 @@ class LossConfig(Section):
     class_weights: ClassWeightsConfig = Field(default_factory=ClassWeightsConfig)
 
 
+# ---------------------------------------------------------------------------------------- evaluate
+class EvaluateConfig(Section):
+    baseline: Literal["tfidf", "none"] = Field(
+        "tfidf",
+        description="A baseline scored beside the model on the same rows: `tfidf` fits TF-IDF (word 1-2 grams) + "
+        "a linear SVM on the train split's serialized text (kubetune.evaluation.baseline); `none`: no baseline.",
+    )
+    baseline_max_features: int = Field(
+        50_000, ge=1,
+        description="The baseline's vocabulary: the most frequent n-grams of train. Its weights are dense "
+        "(classes x features), so this bounds its memory and time on large label sets.",
+    )
+    baseline_max_train_rows: int = Field(
+        200_000, ge=1,
+        description="Fit the baseline on at most this many train rows (a seeded sample of a larger train split): "
+        "its time grows with rows x classes.",
+    )
+
+
 # ---------------------------------------------------------------------------------------- tracking
 class TrackingConfig(Section):
     enable: bool = Field(True, description="Log params, metrics and artifacts to MLflow.")
@@ -468,6 +487,7 @@ class RunConfig(Section):
     deepspeed: DeepSpeedConfig = Field(default_factory=DeepSpeedConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     loss: LossConfig = Field(default_factory=LossConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)

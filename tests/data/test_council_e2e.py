@@ -42,7 +42,7 @@ def test_council_payments_to_tokenized_minilm_grouped_by_supplier(tmp_path: Path
 
     tok = tokenize(config, str(tmp_path / "pre"), str(tmp_path / "tok"))
     tokenized = datasets.load_from_disk(str(tmp_path / "tok"))
-    assert tokenized["train"].column_names == ["input_ids", "token_type_ids", "attention_mask", "labels", "length"]
+    assert tokenized["train"].column_names == ["input_ids", "token_type_ids", "attention_mask", "labels", "length", "text"]
     assert tok.rows == pre.rows
     assert all(stats["truncated_rows"] == 0 and stats["samples"] == [] for stats in tok.diagnostics["splits"].values())
     metadata = json.loads((tmp_path / "tok" / "dataset_metadata.json").read_text())

@@ -220,7 +220,7 @@ def test_tokenize_output_metadata_extends_the_preprocess_metadata(tmp_path: Path
     assert {k: v for k, v in metadata.items() if k != "tokenize"} == pre
     assert metadata["tokenize"]["cache_key"] == result.cache_key
     assert metadata["tokenize"]["tokenizer"] == str(tiny_bert) and metadata["tokenize"]["max_length"] == 64
-    assert metadata["tokenize"]["columns"] == ["input_ids", "attention_mask", "labels", "length", "line_id"]
+    assert metadata["tokenize"]["columns"] == ["input_ids", "attention_mask", "labels", "length", "text", "line_id"]
 
 
 # ------------------------------------------------------------------------------------------- S3

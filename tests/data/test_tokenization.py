@@ -35,11 +35,12 @@ def test_unpadded_ids_and_length_column(tmp_path: Path, tiny_bert: Path, preproc
     out = datasets.load_from_disk(str(tmp_path / "tok"))
     tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
     assert result.rows == {"train": 70, "validation": 10, "test": 20}
-    assert out["train"].column_names == ["input_ids", "attention_mask", "labels", "length", "line_id"]
+    assert out["train"].column_names == ["input_ids", "attention_mask", "labels", "length", "text", "line_id"]
     assert out["train"].features["labels"] == datasets.Value("int64")
     texts = texts_of(preprocessed, "train")
     expected = tokenizer(texts, truncation=True, max_length=64)["input_ids"]
     assert [list(ids) for ids in out["train"]["input_ids"]] == expected
+    assert list(out["train"]["text"]) == texts  # kept whole (not cut to max_length) for the evaluate step's baseline
     assert list(out["train"]["length"]) == [len(ids) for ids in expected]
     assert len(set(out["train"]["length"])) > 1  # really unpadded: lengths differ
     assert all(all(m == 1 for m in mask) for mask in out["train"]["attention_mask"])
@@ -102,7 +103,7 @@ def test_decoder_model_stores_unpadded_ids(tmp_path: Path, tiny_qwen2: Path, pre
     tokenize(make_config(tiny_qwen2), str(preprocessed), str(tmp_path / "tok"))
     out = datasets.load_from_disk(str(tmp_path / "tok"))
     tokenizer = AutoTokenizer.from_pretrained(tiny_qwen2)
-    assert out["train"].column_names == ["input_ids", "attention_mask", "labels", "length", "line_id"]
+    assert out["train"].column_names == ["input_ids", "attention_mask", "labels", "length", "text", "line_id"]
     assert [list(ids) for ids in out["train"]["input_ids"]] == tokenizer(texts_of(preprocessed, "train"), truncation=True, max_length=64)["input_ids"]
     assert list(out["train"]["length"]) == [len(ids) for ids in out["train"]["input_ids"]]
 
@@ -200,7 +201,7 @@ def test_real_minilm_tokenizer(tmp_path: Path, preprocessed: Path):
     config = make_config(None, model={"name": "sentence-transformers/all-MiniLM-L6-v2"}, tokenize={"max_length": 64})
     tokenize(config, str(preprocessed), str(tmp_path / "tok"))
     train = datasets.load_from_disk(str(tmp_path / "tok"))["train"]
-    assert train.column_names == ["input_ids", "token_type_ids", "attention_mask", "labels", "length", "line_id"]
+    assert train.column_names == ["input_ids", "token_type_ids", "attention_mask", "labels", "length", "text", "line_id"]
     text = texts_of(preprocessed, "train")[0]
     from kubetune.hub import resolve_model_path
 

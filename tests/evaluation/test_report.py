@@ -88,3 +88,17 @@ def test_learning_curves_section_only_with_a_picture():
     with_curves = render_html(*args, curves_png=curves)
     assert "<h2>Learning curves</h2>" in with_curves and base64.b64encode(curves).decode() in with_curves
     assert "Learning curves" not in render_html(*args)
+
+
+def test_html_shows_the_baseline_beside_the_model_in_cards_and_per_class():
+    from dataclasses import replace
+
+    matrix = confusion_matrix(np.array([0, 1, 1]), np.array([0, 1, 0]), 2)
+    rows = [replace(r, baseline_f1=0.25) for r in per_class_rows(matrix, ["rent", "fuel"])]
+    page = render_html("t", {"accuracy": 2 / 3, "macro_f1": 0.5}, rows, [], confusion_png(["rent", "fuel"], matrix.tolist()),
+                       {"split": "test"}, baseline={"accuracy": 0.6, "macro_f1": 0.8})
+    assert "<b>66.67%</b><span>accuracy</span><span>baseline 60.00% · +6.7 pts</span>" in page
+    assert "<b>50.00%</b><span>macro F1</span><span class=low>baseline 80.00% · -30.0 pts</span>" in page
+    assert "<th>F1</th><th>baseline F1</th>" in page and page.count("<td class=n data-v=0.250000>0.250</td>") == 2
+    plain = render_html("t", {"accuracy": 2 / 3}, per_class_rows(matrix, ["rent", "fuel"]), [], b"", {"split": "test"})
+    assert "baseline" not in plain

@@ -53,6 +53,12 @@ def test_whole_pipeline_runs_locally_and_a_second_run_reuses_the_data_steps(tmp_
     assert all(seconds is not None for seconds in first.step_seconds.values()), first.step_seconds
     assert {"accuracy", "macro_f1", "weighted_f1"} <= set(first.test_metrics)
     assert first.test_metrics == json.loads((Path(first.evaluation_dir) / "metrics.json").read_text())
+    # The TF-IDF baseline, scored on the same rows, is on by default.
+    assert first.baseline_metrics == json.loads((Path(first.evaluation_dir) / "baseline_metrics.json").read_text())
+    assert set(first.baseline_metrics) == set(first.test_metrics)
+    [evaluate_output] = (tmp_path / "runs" / "kfp").glob("*/evaluate/executor_output.json")
+    kfp_metrics = json.loads(evaluate_output.read_text())["artifacts"]["metrics"]["artifacts"][0]["metadata"]
+    assert kfp_metrics == {**first.test_metrics, **{f"baseline/{k}": v for k, v in first.baseline_metrics.items()}}
     model_dir = Path(first.model_dir)
     assert (model_dir / "adapter_config.json").exists() and (model_dir / "label_map.json").exists()
     assert json.loads((model_dir / "model_metadata.json").read_text())["label_slots"] == 64
@@ -71,6 +77,7 @@ def test_whole_pipeline_runs_locally_and_a_second_run_reuses_the_data_steps(tmp_
     run = client.get_run(first.mlflow_run_id)
     assert run.data.tags["kubetune.run_id"] == "first" and run.info.status == "FINISHED"
     assert run.data.metrics["test/accuracy"] == first.test_metrics["accuracy"] and "train/loss" in run.data.metrics
+    assert run.data.metrics["baseline/test/macro_f1"] == first.baseline_metrics["macro_f1"]
     assert "evaluation" in {entry.path for entry in client.list_artifacts(run.info.run_id)}
 
     second = run_local(str(config), [], run_id="second")

@@ -73,6 +73,7 @@ def build_tokenized(
         columns = {key: list(values) for key, values in encoded.items()}
         columns["labels"] = [label_map.label2id[label] for _, label in rows]
         columns["length"] = [len(ids) for ids in encoded["input_ids"]]
+        columns["text"] = texts
         columns["row_id"] = [f"{split}-{i}" for i in range(n)]
         splits[split] = Dataset.from_dict(columns)
         class_counts[split] = dict(sorted(Counter(label for _, label in rows).items()))

@@ -4,7 +4,8 @@ import argparse
 
 from kubetune.commands import add_config_arguments, check_locations, config_from_args
 
-HELP = "Score a trained model on the test split: metrics, confusion matrix, per-class table and an HTML report."
+HELP = ("Score a trained model on the test split beside a TF-IDF baseline: metrics, confusion matrix, per-class "
+        "table and an HTML report.")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,11 +20,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from kubetune.console import print_table
     from kubetune.evaluation import evaluate
+    from kubetune.evaluation.baseline import comparison_rows, verdict
 
     config = config_from_args(args)
     check_locations(args, config, inputs=("model", "data"), outputs=("output",), kind="evaluate")
     result = evaluate(config, model_uri=args.model, data_uri=args.data, output_uri=args.output,
                       mlflow_run_id=args.mlflow_run_id, split=args.split)
-    print_table(["metric", "value"], sorted(result.metrics.items()), title=f"{args.split} metrics")
+    if result.baseline_metrics:
+        rows = comparison_rows(dict(sorted(result.metrics.items())), result.baseline_metrics)
+        print_table(["metric", "model", "baseline", "difference"], rows, title=f"{args.split} metrics")
+        line = verdict(result.metrics, result.baseline_metrics)
+        if line:
+            print(line)
+    else:
+        print_table(["metric", "value"], sorted(result.metrics.items()), title=f"{args.split} metrics")
     print(f"report: {result.report_path}")
     return 0

@@ -58,6 +58,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 DIAGNOSTICS_FILE = "tokenize_diagnostics.json"
+# Bumped when the tokenize output's columns change, so a cached output of the old layout is made again
+# (2: the serialized `text` column is kept for the evaluate step's baseline).
+TOKENIZED_LAYOUT = 2
 # Output columns the stages make; a retained column of the same name would be overwritten.
 RESERVED_COLUMNS = ("text", "labels", "input_ids", "attention_mask", "token_type_ids", "length")
 # Files of a preprocess output that don't decide its content: datasets' random fingerprints, the
@@ -399,6 +402,7 @@ def _tokenize(config: RunConfig, input_uri: str, output_uri: str) -> TokenizeRes
         key = cache.digest({
             "stage": "tokenize",
             "kubetune_version": __version__,
+            "layout": TOKENIZED_LAYOUT,
             "input": {f: v for f, v in checksum.items() if f != "uri"},
             "config": neutral.fingerprint("tokenize"),
             "tokenizer": tokenizer_hash,
@@ -449,7 +453,7 @@ def _tokenize_into(config: RunConfig, tokenizer, tokenizer_hash: str, input_uri:
         encoded[name] = split.map(
             encode_batch, batched=True, batch_size=settings.batch_size,
             fn_kwargs={"tokenizer": tokenizer, "max_length": settings.max_length, "truncation": settings.truncation, "pad": pad},
-            num_proc=_procs(settings.num_proc, len(split)), remove_columns=["text"], desc=f"tokenize {name}",
+            num_proc=_procs(settings.num_proc, len(split)), desc=f"tokenize {name}",
             # Our own scratch files: never write datasets' cache next to the input (another stage's output).
             cache_file_name=str(scratch / f"tokenized-{name}.arrow"), new_fingerprint=f"{key}-{name}",
         )
@@ -458,10 +462,10 @@ def _tokenize_into(config: RunConfig, tokenizer, tokenizer_hash: str, input_uri:
 
     diagnostics = _diagnostics(config, encoded, tokenizer, label_map)
     columns = [c for c in ("input_ids", "token_type_ids", "attention_mask") if c in encoded[TRAIN].column_names]
-    retained = [c for c in encoded[TRAIN].column_names if c not in {*columns, "labels", "length", "full_length"}]
-    result_set = datasets.DatasetDict({
-        name: split.select_columns([*columns, "labels", "length", *retained]) for name, split in encoded.items()
-    })
+    # The serialized text stays: the evaluate step fits its baseline on exactly what the model reads.
+    retained = [c for c in encoded[TRAIN].column_names if c not in {*columns, "labels", "length", "full_length", "text"}]
+    kept = [*columns, "labels", "length", "text", *retained]
+    result_set = datasets.DatasetDict({name: split.select_columns(kept) for name, split in encoded.items()})
     metadata = {
         **input_metadata,
         "tokenize": {
@@ -473,7 +477,7 @@ def _tokenize_into(config: RunConfig, tokenizer, tokenizer_hash: str, input_uri:
             "truncation": settings.truncation,
             "padding": settings.padding,
             "pad_token_id": tokenizer.pad_token_id,
-            "columns": [*columns, "labels", "length", *retained],
+            "columns": kept,
             "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         },
     }

@@ -4,6 +4,9 @@ EVALUATION/ holds metrics.json (the same metrics as training, over the real clas
 (the full matrix), per_class.csv, predictions.parquet (one row per test row: the retained columns,
 the true and predicted label and the model's confidence), confusion.png and report.html; and
 learning_curves.png when the model folder has a training_history.json (kubetune.train.history).
+Unless `evaluate.baseline: none`, a TF-IDF + linear baseline (kubetune.evaluation.baseline), fit on
+the train split's serialized text, is scored on the same rows: baseline_metrics.json (the same keys
+as metrics.json), a baseline_f1 column in per_class.csv, and beside the model's figures in the report.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import json
 import logging
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +24,7 @@ import numpy as np
 from kubetune import storage
 from kubetune.config import RunConfig
 from kubetune.errors import DataError
+from kubetune.evaluation.baseline import BASELINE_METRICS_FILE
 from kubetune.evaluation.curves import learning_curves_png
 from kubetune.evaluation.report import (
     confusion_matrix,
@@ -47,6 +51,7 @@ class EvaluationResult:
     confusion_labels: list[str]  # folded: the most frequent classes, then "other"
     confusion_matrix: list[list[int]]
     report_path: str
+    baseline_metrics: dict[str, float] = field(default_factory=dict)  # empty with `evaluate.baseline: none`
 
 
 def predict_logits(model, tokenizer, split, batch_size: int) -> np.ndarray:
@@ -113,9 +118,18 @@ def evaluate(
         real = list(label_map.real_labels)
         class_rows = per_class_rows(matrix, real)
         folded_labels, folded = fold_matrix(matrix, real, SHOWN_CLASSES)
+        baseline = run_baseline(config, splits, rows, tokenizer, num_real)
+        baseline_scores = baseline.metrics if baseline else {}
+        if baseline:
+            matrix_of_baseline = confusion_matrix(labels, baseline.predictions, num_real)
+            f1_of_baseline = {r.label: r.f1 for r in per_class_rows(matrix_of_baseline, real)}
+            # A class the baseline neither meets nor predicts has F1 0, as the model's would (zero_division=0).
+            class_rows = [replace(r, baseline_f1=f1_of_baseline.get(r.label, 0.0)) for r in class_rows]
 
         with storage.atomic_output_dir(output_uri, "evaluate", config.storage) as out:
             (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+            if baseline:
+                (out / BASELINE_METRICS_FILE).write_text(json.dumps(baseline_scores, indent=2, sort_keys=True) + "\n")
             (out / "confusion.json").write_text(json.dumps({"labels": real, "matrix": matrix.tolist()}) + "\n")
             _write_per_class(out / "per_class.csv", class_rows)
             _write_predictions(out / "predictions.parquet", rows, labels, predictions, logits, label_map)
@@ -129,21 +143,69 @@ def evaluate(
             curves = learning_curves_png(history) if history is not None else None
             if curves is not None:
                 (out / LEARNING_CURVES_FILE).write_bytes(curves)
+            if baseline:
+                facts["baseline"] = baseline.description
             html = render_html("kubetune evaluation", metrics, class_rows, worst_confusions(matrix, real), png, facts,
-                               curves_png=curves)
+                               curves_png=curves, baseline=baseline_scores or None)
             (out / "report.html").write_text(html)
             if mlflow_run_id:
-                _log_to_mlflow(config, mlflow_run_id, split, metrics, out, model_dir)
+                _log_to_mlflow(config, mlflow_run_id, split, metrics, out, model_dir, baseline_scores)
     report = f"{storage.normalize_uri(output_uri).rstrip('/')}/report.html"
-    return EvaluationResult(output_uri, metrics, folded_labels, folded, report)
+    return EvaluationResult(output_uri, metrics, folded_labels, folded, report, baseline_scores)
+
+
+def serialized_texts(split, tokenizer) -> list[str]:
+    """The serialized text of each row, as the model read it before tokenization.
+
+    The tokenize stage keeps it in a `text` column; data tokenized before it did is decoded from the
+    token ids instead, which loses what the tokenizer drops (case, for uncased models; the cut end).
+    """
+    if "text" in split.column_names:
+        return list(split["text"])
+    logger.warning("the tokenized data has no text column (tokenized by an older kubetune): the baseline reads "
+                   "text decoded from input_ids, cut at tokenize.max_length; tokenize again for the exact text")
+    return tokenizer.batch_decode([list(ids) for ids in split["input_ids"]], skip_special_tokens=True)
+
+
+@dataclass(frozen=True)
+class BaselineScores:
+    metrics: dict[str, float]  # classification_metrics' keys, as metrics.json
+    predictions: np.ndarray  # the predicted slot of each scored row
+    description: str  # what it was, for the report
+
+
+def run_baseline(config: RunConfig, splits, rows, tokenizer, num_real: int) -> BaselineScores | None:
+    """Fit the configured baseline on the train split and score it on `rows`; None with `evaluate.baseline: none`."""
+    if config.evaluate.baseline == "none":
+        return None
+    from kubetune.evaluation.baseline import NAME, fit_baseline
+    from kubetune.train.metrics import classification_metrics, real_class_predictions
+
+    if "train" not in splits:
+        raise DataError("the tokenized data has no 'train' split to fit the baseline on; set evaluate.baseline: none")
+    train = splits["train"]
+    started = time.perf_counter()
+    baseline = fit_baseline(serialized_texts(train, tokenizer), np.asarray(train["labels"]), num_real,
+                            max_features=config.evaluate.baseline_max_features,
+                            max_rows=config.evaluate.baseline_max_train_rows)
+    scores = baseline.decision_scores(serialized_texts(rows, tokenizer))
+    seconds = time.perf_counter() - started
+    labels = np.asarray(rows["labels"])
+    fitted_rows = min(len(train), config.evaluate.baseline_max_train_rows)
+    description = f"{NAME}, fitted on {fitted_rows:,} train rows ({seconds:.1f} s)"
+    logger.info("baseline: %s; scored %d rows", description, len(rows))
+    return BaselineScores(classification_metrics(scores, labels, num_real), real_class_predictions(scores, num_real),
+                          description)
 
 
 def _write_per_class(path: Path, rows) -> None:
+    with_baseline = any(r.baseline_f1 is not None for r in rows)
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["label", "support", "predicted", "precision", "recall", "f1"])
+        writer.writerow(["label", "support", "predicted", "precision", "recall", "f1"] + (["baseline_f1"] if with_baseline else []))
         for r in rows:
-            writer.writerow([r.label, r.support, r.predicted, f"{r.precision:.6f}", f"{r.recall:.6f}", f"{r.f1:.6f}"])
+            baseline = [f"{r.baseline_f1:.6f}"] if with_baseline else []
+            writer.writerow([r.label, r.support, r.predicted, f"{r.precision:.6f}", f"{r.recall:.6f}", f"{r.f1:.6f}", *baseline])
 
 
 def _write_predictions(path: Path, rows, labels, predictions, logits, label_map) -> None:
@@ -153,7 +215,7 @@ def _write_predictions(path: Path, rows, labels, predictions, logits, label_map)
     shifted = np.exp(real - real.max(axis=1, keepdims=True))
     confidence = (shifted.max(axis=1) / shifted.sum(axis=1)) if len(real) else np.zeros(0)
     names = label_map.labels
-    retained = [c for c in rows.column_names if c not in (*MODEL_INPUTS, "labels", "length")]
+    retained = [c for c in rows.column_names if c not in (*MODEL_INPUTS, "labels", "length", "text")]
     frame = pd.DataFrame({c: rows[c] for c in retained})
     frame["label"] = [names[i] for i in labels]
     frame["predicted"] = [names[i] for i in predictions]
@@ -163,9 +225,10 @@ def _write_predictions(path: Path, rows, labels, predictions, logits, label_map)
 
 
 def _log_to_mlflow(config: RunConfig, run_id: str, split: str, metrics: dict[str, float], out: Path,
-                   model_dir: Path) -> None:
+                   model_dir: Path, baseline: dict[str, float]) -> None:
     """Into the pipeline's run: the metrics (as <split>/<name>, once each: the trainer scores validation only),
-    the report, and the model as the run's MLflow model (kubetune.serving). Never fails the step."""
+    the baseline's (as baseline/<split>/<name>), the report, and the model as the run's MLflow model
+    (kubetune.serving). Never fails the step."""
     from kubetune import tracking
 
     uri = tracking.tracking_uri(config)
@@ -177,8 +240,11 @@ def _log_to_mlflow(config: RunConfig, run_id: str, split: str, metrics: dict[str
 
         client = tracking.client_for(uri)
         now = int(time.time() * 1000)
-        client.log_batch(run_id, metrics=[Metric(f"{split}/{name}", float(value), now, 0) for name, value in metrics.items()])
-        for name in ("report.html", "per_class.csv", "confusion.json", "confusion.png", LEARNING_CURVES_FILE):
+        logged = [Metric(f"{split}/{name}", float(value), now, 0) for name, value in metrics.items()]
+        logged += [Metric(f"baseline/{split}/{name}", float(value), now, 0) for name, value in baseline.items()]
+        client.log_batch(run_id, metrics=logged)
+        for name in ("report.html", "per_class.csv", "confusion.json", "confusion.png", LEARNING_CURVES_FILE,
+                     BASELINE_METRICS_FILE):
             if (out / name).exists():
                 client.log_artifact(run_id, str(out / name), artifact_path="evaluation")
         if config.tracking.log_model:

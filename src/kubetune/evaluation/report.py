@@ -26,6 +26,7 @@ class ClassRow:
     precision: float
     recall: float
     f1: float
+    baseline_f1: float | None = None  # the evaluate step's baseline on the same rows; None without one
 
 
 @dataclass(frozen=True)
@@ -123,7 +124,7 @@ body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem 
 h1{font-size:1.5rem;margin-bottom:.2rem}h2{font-size:1.15rem;margin-top:2rem;border-bottom:1px solid #d9e2ec;padding-bottom:.3rem}
 .meta{color:#52606d;font-size:.9rem}.cards{display:flex;flex-wrap:wrap;gap:.8rem;margin:1rem 0}
 .card{border:1px solid #d9e2ec;border-radius:8px;padding:.6rem 1rem;min-width:8.5rem}.card b{display:block;font-size:1.35rem}
-.card span{color:#52606d;font-size:.8rem}table{border-collapse:collapse;width:100%;font-size:.85rem}
+.card span{color:#52606d;font-size:.8rem;display:block}.card span.low{color:#ba2525}table{border-collapse:collapse;width:100%;font-size:.85rem}
 th,td{padding:.3rem .5rem;border-bottom:1px solid #e4e7eb;text-align:left}th{background:#f5f7fa;cursor:pointer;position:sticky;top:0}
 td.n{text-align:right;font-variant-numeric:tabular-nums}.bar{background:#2680c2;height:.55rem;border-radius:2px;display:inline-block}
 .low{color:#ba2525}.scroll{max-height:32rem;overflow:auto;border:1px solid #e4e7eb}img{max-width:100%;border:1px solid #e4e7eb}
@@ -136,6 +137,14 @@ document.querySelectorAll('table.sortable th').forEach((th,i)=>th.addEventListen
  const nx=parseFloat(x),ny=parseFloat(y);const c=(isNaN(nx)||isNaN(ny))?x.localeCompare(y):nx-ny;return asc?c:-c});
  rows.forEach(r=>tb.appendChild(r))}));
 """
+
+def _baseline_line(model: float, baseline: float) -> str:
+    from kubetune.evaluation.baseline import points
+
+    lead = points(model, baseline)
+    marked = " class=low" if model <= baseline else ""  # the model does not beat the baseline here
+    return f"<span{marked}>baseline {baseline:.2%} · {lead}</span>"
+
 
 _METRIC_NAMES = {
     "accuracy": "accuracy", "macro_f1": "macro F1", "weighted_f1": "weighted F1", "macro_precision": "macro precision",
@@ -151,23 +160,28 @@ def render_html(
     png: bytes,
     facts: dict[str, str],
     curves_png: bytes | None = None,
+    baseline: dict[str, float] | None = None,
 ) -> str:
     """A self-contained HTML page (inline CSS, picture and script): readable offline and in the KFP UI.
 
     `curves_png` (kubetune.evaluation.curves) adds a learning-curves section; None (a model saved
-    without training_history.json) leaves it out.
-    """
+    without training_history.json) leaves it out. With `baseline` (its metrics, same keys), each card
+    also shows the baseline's value and the model's lead in points, and the per-class table the
+    baseline's F1 (`rows[i].baseline_f1`)."""
     e = html.escape
     cards = "".join(
-        f'<div class="card"><b>{value:.2%}</b><span>{e(_METRIC_NAMES.get(name, name))}</span></div>'
+        f'<div class="card"><b>{value:.2%}</b><span>{e(_METRIC_NAMES.get(name, name))}</span>'
+        + (_baseline_line(value, baseline[name]) if baseline and name in baseline else "") + "</div>"
         for name, value in metrics.items() if name in _METRIC_NAMES
     )
+    with_baseline = baseline is not None and any(r.baseline_f1 is not None for r in rows)
     fact_line = " · ".join(f"{e(k)}: {e(v)}" for k, v in facts.items())
     class_rows = "".join(
         f"<tr><td>{e(r.label)}</td><td class=n>{r.support:,}</td><td class=n>{r.predicted:,}</td>"
         f"<td class=n data-v={r.precision:.6f}>{r.precision:.3f}</td><td class=n data-v={r.recall:.6f}>{r.recall:.3f}</td>"
         f"<td class=n data-v={r.f1:.6f}{' class=low' if r.f1 < 0.5 else ''}>{r.f1:.3f} "
-        f'<span class=bar style="width:{r.f1 * 4:.2f}rem"></span></td></tr>'
+        f'<span class=bar style="width:{r.f1 * 4:.2f}rem"></span></td>'
+        + (f"<td class=n data-v={r.baseline_f1:.6f}>{r.baseline_f1:.3f}</td>" if with_baseline else "") + "</tr>"
         for r in rows
     )
     confusion_rows = "".join(
@@ -188,7 +202,7 @@ def render_html(
 <div class="cards">{cards}</div>
 <h2>Per class ({len(rows):,} classes; click a column to sort)</h2>
 <div class="scroll"><table class="sortable"><thead><tr><th>class</th><th>rows</th><th>predicted</th><th>precision</th>
-<th>recall</th><th>F1</th></tr></thead><tbody>{class_rows}</tbody></table></div>
+<th>recall</th><th>F1</th>{"<th>baseline F1</th>" if with_baseline else ""}</tr></thead><tbody>{class_rows}</tbody></table></div>
 <h2>Most confused pairs</h2>
 <table class="sortable"><thead><tr><th>true class</th><th>predicted as</th><th>rows</th><th>share of the true class</th></tr></thead>
 <tbody>{confusion_rows}</tbody></table>

@@ -86,7 +86,7 @@ def evaluate(
     report: Output[HTML],
     evaluation: Output[Artifact],
 ):
-    """Score the test split: metrics, the confusion matrix, and an HTML report."""
+    """Score the test split: metrics (the baseline's as baseline/<name>), confusion matrix, HTML report."""
     import shutil
 
     from kubetune.pipeline.steps import evaluate_step, run_step
@@ -95,6 +95,8 @@ def evaluate(
                       outputs={"evaluation": evaluation.path})
     for name, value in result.metrics.items():
         metrics.log_metric(name, float(value))
+    for name, value in result.baseline_metrics.items():  # the TF-IDF baseline on the same rows
+        metrics.log_metric(f"baseline/{name}", float(value))
     classification.log_confusion_matrix(list(result.confusion_labels), [list(row) for row in result.confusion_matrix])
     shutil.copyfile(result.report_path, report.path)
 

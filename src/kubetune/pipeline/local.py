@@ -39,6 +39,7 @@ from kubetune import storage
 from kubetune.config import RunConfig, load_config
 from kubetune.console import format_table
 from kubetune.errors import EXIT_TERMINATED, KubetuneError
+from kubetune.evaluation.baseline import BASELINE_METRICS_FILE, comparison_rows, verdict
 from kubetune.pipeline.steps import CONFIG_NAME_ENV, TIMINGS_ENV
 from kubetune.train.history import (
     HEADERS,
@@ -60,6 +61,7 @@ class LocalRunSummary:
     seconds: float
     step_seconds: dict[str, float | None]  # None: served from kfp.local's cache
     test_metrics: dict[str, float] = field(default_factory=dict)
+    baseline_metrics: dict[str, float] = field(default_factory=dict)  # the TF-IDF baseline's; empty without one
     model_dir: str = ""
     report: str = ""
     evaluation_dir: str = ""
@@ -322,6 +324,8 @@ def _summarize(steps: dict[str, dict[str, Any]], run_id: str, runs_dir: Path, el
     evaluation_dir = Path(steps.get("evaluate", {}).get("outputs", {}).get("evaluation", ""))
     metrics_file = evaluation_dir / "metrics.json"
     test_metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
+    baseline_file = evaluation_dir / BASELINE_METRICS_FILE
+    baseline_metrics = json.loads(baseline_file.read_text()) if baseline_file.exists() else {}
     # The same page as the step's HTML artifact, under a name a browser opens by double-click.
     report = evaluation_dir / "report.html"
     mlflow_run_id = ""
@@ -333,6 +337,7 @@ def _summarize(steps: dict[str, dict[str, Any]], run_id: str, runs_dir: Path, el
         run_id=run_id, runs_dir=str(runs_dir), seconds=round(elapsed, 1),
         step_seconds={step: steps[step]["seconds"] if step in steps else None for step in STEPS},
         test_metrics={k: v for k, v in test_metrics.items() if isinstance(v, (int, float))},
+        baseline_metrics={k: v for k, v in baseline_metrics.items() if isinstance(v, (int, float))},
         model_dir=str(model_dir), report=str(report), evaluation_dir=str(evaluation_dir),
         mlflow_tracking_uri=tracking_uri or "", mlflow_run_id=mlflow_run_id,
         evaluations=evaluation_rows(history) if history is not None else [],
@@ -347,7 +352,11 @@ def format_summary(summary: LocalRunSummary) -> str:
         lines.append(format_table(HEADERS, table_rows(summary.evaluations), title="validation during training"))
         if summary.training_hint:
             lines.append(summary.training_hint)
-    if summary.test_metrics:
+    if summary.test_metrics and summary.baseline_metrics:
+        lines.append(format_table(["test metric", "model", "baseline", "difference"],
+                                  comparison_rows(summary.test_metrics, summary.baseline_metrics)))
+        lines.extend(filter(None, [verdict(summary.test_metrics, summary.baseline_metrics)]))
+    elif summary.test_metrics:
         shown = [(name, value) for name, value in summary.test_metrics.items()]
         lines.append(format_table(["test metric", "value"], shown))
     lines.append(f"model:       {summary.model_dir}")
