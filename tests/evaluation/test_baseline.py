@@ -219,3 +219,16 @@ def test_data_tokenized_without_the_text_column_is_decoded_with_a_warning(tiny_b
     assert decoded == ["fuel invoice", "laptop services"]  # the tiny tokenizer is uncased and knows both words
     assert "no text column" in caplog.text
     assert serialized_texts(old.add_column("text", texts), tokenizer) == texts
+
+
+def test_evaluate_on_untokenized_data_is_one_line_naming_it(trained, tmp_path: Path):
+    import datasets
+
+    from kubetune.errors import DataError
+
+    plain = tmp_path / "preprocessed"
+    splits = datasets.load_from_disk(str(trained[0]))
+    datasets.DatasetDict({name: split.select_columns(["text", "labels"]) for name, split in splits.items()}).save_to_disk(str(plain))
+    with pytest.raises(DataError, match=rf"the data at {plain} is not tokenized \(its 'test' split has no input_ids column\)"):
+        run_evaluate((plain, trained[1]), tmp_path / "eval", "tfidf")
+    assert not (tmp_path / "eval").exists()

@@ -106,6 +106,9 @@ def evaluate(
         rows = splits[split]
         if len(rows) == 0:
             raise DataError(f"the {split!r} split of {data_uri} is empty; raise split.test_size")
+        if "input_ids" not in rows.column_names:
+            raise DataError(f"the data at {data_uri} is not tokenized (its {split!r} split has no input_ids column); "
+                            "give the output of `kubetune tokenize`")
         model, tokenizer, label_map = load_trained_classifier(model_dir)
         history = read_training_history(model_dir)
         logits = predict_logits(model, tokenizer, rows, config.training.eval_batch_size)
