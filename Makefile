@@ -53,7 +53,8 @@ lint: install
 compile: install
 	$(BIN)/kubetune compile
 
-# The CPU benchmark set (40 minutes on 2 cores); appends to bench/results/, rewrites BENCHMARKS.md.
+# The CPU benchmark set (throughput, tokenization and the demo run: 30 minutes on 2 cores; the quality section:
+# hours, see bench/run.sh); appends to bench/results/, rewrites BENCHMARKS.md.
 bench: install
 	PYTHON=$(BIN)/python bench/run.sh
 

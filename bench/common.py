@@ -39,7 +39,12 @@ SECTION_COLUMNS: dict[str, tuple[str, ...]] = {
         "dataset", "method", "num_proc", "rows", "tokens", "seconds", "rows_per_s", "tokens_per_s", "peak_rss_mb",
         "peak_worker_rss_mb",
     ),
-    "accuracy": ("dataset", "split", "system", "epochs", "accuracy", "macro_f1", "weighted_f1", "seconds", "source"),
+    # One row per data set and system; run_command reproduces the row (the common `command` ran the benchmark).
+    "quality": ("dataset", "data", "system", "accuracy", "macro_f1", "weighted_f1", "wall_seconds", "train_seconds",
+                "epochs", "run_command", "source"),
+    # Each setting tried while choosing defaults: validation figures only.
+    "quality_search": ("dataset", "setting", "accuracy", "macro_f1", "weighted_f1", "train_seconds", "epochs",
+                       "run_command", "source"),
     "pipeline": ("step", "seconds", "note"),
     "baseline_cost": (
         "dataset", "split", "max_features", "features", "train_rows", "test_rows", "fit_seconds", "predict_seconds",

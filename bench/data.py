@@ -32,11 +32,11 @@ def dataset_sections(name: str) -> dict[str, Any]:
     data = sections["data"]
     for key in ("uri", "validation_uri", "test_uri"):
         if data.get(key):
-            data[key] = str(_dataset_path(data[key]))
+            data[key] = str(dataset_path(data[key]))
     return sections
 
 
-def _dataset_path(relative: str) -> Path:
+def dataset_path(relative: str) -> Path:
     """Shipped configs name ../shared/datasets/...; BENCH_DATASETS_DIR may put the datasets elsewhere."""
     parts = Path(relative).parts
     if "datasets" in parts:

@@ -1,27 +1,33 @@
 #!/usr/bin/env bash
 # The CPU benchmark set: training throughput (A/B/C on banking77 and the council data), tokenization,
-# accuracy and the local pipeline. Each section appends rows to bench/results/<section>.csv; then
-# BENCHMARKS.md is regenerated from those files. Run it on a quiet machine (nothing else on the cores):
+# quality (kubetune's default vs the TF-IDF baseline vs a full fine-tune, on five data sets) and the local
+# pipeline. Each section appends rows to bench/results/<section>.csv; then BENCHMARKS.md is regenerated from
+# those files. Run it on a quiet machine (nothing else on the cores):
 #   bench/run.sh                                         # or: make bench
 #   BENCH_SECTIONS="throughput tokenization" bench/run.sh
-# Knobs (defaults: 40 minutes on 2 cores: throughput 19, accuracy 10, the demo run 9, tokenization 2):
-#   BENCH_SECTIONS          sections to run (throughput tokenization accuracy pipeline)
+# Time on 2 cores: throughput 19 minutes, the demo run 9, tokenization 2; quality is two whole `kubetune run`s
+# per data set (the default and a full fine-tune of about the same time): hours for all five, so run it alone
+# or for some data sets (BENCH_QUALITY_DATASETS), or record finished runs (python -m bench.quality --from-run).
+# Knobs:
+#   BENCH_SECTIONS          sections to run (throughput tokenization quality pipeline)
 #   BENCH_TRAIN_STEPS       optimizer steps per throughput run (8)
 #   BENCH_REPEATS           runs of each variant, interleaved A B C A B C ... (3)
 #   BENCH_TRAIN_ROWS        train rows the throughput runs draw their batches from (steps x batch size: one epoch)
-#   BENCH_BANKING77_EPOCHS  epochs of the Banking77 LoRA and full fine-tune (1)
-#   BENCH_BANKING77_RUN     take the Banking77 LoRA figures from this finished `kubetune train` output instead
-#   BENCH_COUNCIL_RUN       take kubetune's council figures from this finished train or evaluate output
-#   BENCH_COUNCIL_STEPS     without BENCH_COUNCIL_RUN: a short council training of this many steps (0: not measured)
+#   BENCH_QUALITY_DATASETS  quality's data sets (demo demo-by-supplier banking77 hwu64 council)
+#   BENCH_QUALITY_SYSTEMS   quality's runs per data set (kubetune full-fine-tune); the baseline comes with each kubetune run
+#   BENCH_COUNCIL_ROWS      the council sample for quality: data.max_rows (40000)
+#   BENCH_FULL_FT_EPOCHS    epochs of the full fine-tune (default: the config's epochs / BENCH_FULL_FT_SLOWDOWN)
+#   BENCH_FULL_FT_SLOWDOWN  how much slower a full fine-tune trains per epoch than LoRA (1.6, the demo in issue 11)
+#   BENCH_FULL_FT_LR        learning rate of the full fine-tune (1e-4)
 #   BENCH_PIPELINE_SUMMARY  report this finished `kubetune run`'s summary.json instead of running the demo
 #   BENCH_DATASETS_DIR      where the datasets are (../shared/datasets)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}
-SECTIONS=${BENCH_SECTIONS:-throughput tokenization accuracy pipeline}
+SECTIONS=${BENCH_SECTIONS:-throughput tokenization quality pipeline}
 export BENCH_SESSION=${BENCH_SESSION:-$(date -u +%Y%m%dT%H%M%SZ)}
-knobs=$(env | grep -E '^BENCH_(SECTIONS|TRAIN_STEPS|REPEATS|TRAIN_ROWS|BANKING77_EPOCHS|BANKING77_RUN|COUNCIL_RUN|COUNCIL_STEPS|PIPELINE_SUMMARY|DATASETS_DIR)=' | sort | tr '\n' ' ' || true)
+knobs=$(env | grep -E '^BENCH_(SECTIONS|TRAIN_STEPS|REPEATS|TRAIN_ROWS|QUALITY_DATASETS|QUALITY_SYSTEMS|COUNCIL_ROWS|FULL_FT_EPOCHS|FULL_FT_SLOWDOWN|FULL_FT_LR|PIPELINE_SUMMARY|DATASETS_DIR)=' | sort | tr '\n' ' ' || true)
 export BENCH_COMMAND="${knobs}bench/run.sh"
 export HF_HUB_OFFLINE=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 results=${BENCH_RESULTS_DIR:-bench/results}
@@ -33,8 +39,8 @@ declare -A took
 failed=()
 for section in $SECTIONS; do
   case $section in
-    throughput|tokenization|accuracy|pipeline) ;;
-    *) echo "bench/run.sh: unknown section '$section' (throughput tokenization accuracy pipeline)" >&2; exit 2 ;;
+    throughput|tokenization|quality|pipeline) ;;
+    *) echo "bench/run.sh: unknown section '$section' (throughput tokenization quality pipeline)" >&2; exit 2 ;;
   esac
   echo "== $section" | tee -a "$log"
   begun=$SECONDS

@@ -96,7 +96,7 @@ def fit_baseline(
         return Baseline(None, None, majority, num_classes)
     if len(present) < 2:
         return Baseline(None, None, majority, num_classes)
-    # alpha 1e-5 and 20 epochs: what bench/accuracy.py measured on Banking77 and council.
+    # alpha 1e-5 and 20 epochs: what bench/accuracy.py (replaced by bench/quality.py) measured on Banking77 and council.
     classifier = SGDClassifier(loss="hinge", alpha=1e-5, max_iter=20, tol=1e-3, random_state=random_state, n_jobs=-1)
     classifier.fit(features, labels)
     return Baseline(vectorizer, classifier, classifier.classes_, num_classes)
