@@ -46,6 +46,7 @@ SECTION_COLUMNS: dict[str, tuple[str, ...]] = {
     "quality_search": ("dataset", "setting", "accuracy", "macro_f1", "weighted_f1", "train_seconds", "epochs",
                        "run_command", "source"),
     "pipeline": ("step", "seconds", "note"),
+    "local_layout": ("layout", "repeat", "steps", "global_batch", "samples_per_s", "tokens_per_s", "wall_seconds", "overrides"),
     "baseline_cost": (
         "dataset", "split", "max_features", "features", "train_rows", "test_rows", "fit_seconds", "predict_seconds",
         "accuracy", "macro_f1",

@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from bench.common import REPO_ROOT, latest_session, read_rows, results_file
+from bench.common import REPO_ROOT, latest_session, median, read_rows, results_file
 from bench.quality import BASELINE, DATASET_NAMES, FULL, KUBETUNE, SYSTEM_NAMES
 from bench.throughput import VARIANT_NAMES, summarize
 
@@ -207,6 +207,24 @@ def quality_section(rows: Sequence[Mapping[str, str]], search: Sequence[Mapping[
     return lines
 
 
+def local_layout_section(rows: Sequence[Mapping[str, str]]) -> list[str]:
+    """Samples/s of each way `kubetune run` can use the local cores (bench/local_layout.py), medians per layout."""
+    rows = latest_session(rows)
+    if not rows:
+        return [_not_run("local_layout")]
+    by_layout: dict[str, list[Mapping[str, str]]] = {}
+    for row in rows:
+        by_layout.setdefault(row["layout"], []).append(row)
+    table = [[layout, len(runs), f"{median(float(r['samples_per_s']) for r in runs):.1f}",
+              f"{median(float(r['tokens_per_s']) for r in runs):,.0f}", f"{median(float(r['wall_seconds']) for r in runs):.0f}"]
+             for layout, runs in by_layout.items()]
+    first = rows[0]
+    note = f" Overrides: `{first['overrides']}`." if first.get("overrides") else ""
+    return [_session_line(rows), "", *_table(["layout", "runs", "samples/s", "real tokens/s", "wall s (kubetune train)"], table),
+            "", f"{first['steps']} optimizer steps of {first['global_batch']} rows (the global batch, split over the ranks) on the "
+            f"demo ledger as the embedded default tokenizes it; medians over the runs, interleaved.{note}"]
+
+
 def pipeline_section(rows: Sequence[Mapping[str, str]]) -> tuple[list[str], float | None]:
     chosen = latest_session(rows)
     if not chosen:
@@ -350,6 +368,10 @@ def render(read: Callable[[str], list[dict[str, str]]] = read_rows, why_file: Pa
         "## Quality: kubetune vs the TF-IDF baseline vs a full fine-tune",
         "",
         *quality_section(quality_rows, read("quality_search")),
+        "",
+        "## Local cores: ranks or threads (`python -m bench.local_layout`)",
+        "",
+        *local_layout_section(read("local_layout")),
         "",
         "## The local pipeline (`kubetune run`, the demo)",
         "",

@@ -390,3 +390,18 @@ def test_quality_reads_the_data_sets_from_bench_datasets_dir(tmp_path: Path, mon
     assert _data_overrides("configs/hwu64.yaml") == [f"data.{key}={tmp_path / 'hwu64' / name}" for key, name in
                                                      (("uri", "train.csv"), ("validation_uri", "valid.csv"), ("test_uri", "test.csv"))]
     assert _data_overrides("configs/demo.yaml") == []  # demo:// is no file
+
+
+def test_local_layout_section_takes_medians_per_layout():
+    from bench.report import local_layout_section
+
+    common = {"session": "s1", "date": "2026-12-02T15:00:00+00:00", "git_commit": "abc", "machine": "cpu", "command": "c",
+              "steps": "120", "global_batch": "32", "overrides": ""}
+    rows = [
+        {**common, "layout": "2 ranks x 1 thread, DeepSpeed ZeRO-2", "samples_per_s": value, "tokens_per_s": "1000", "wall_seconds": "90"}
+        for value in ("30.0", "34.0", "40.0")
+    ] + [{**common, "layout": "1 rank x 2 threads", "samples_per_s": "45.5", "tokens_per_s": "1500", "wall_seconds": "70"}]
+    lines = local_layout_section(rows)
+    assert "| 2 ranks x 1 thread, DeepSpeed ZeRO-2 | 3 | 34.0 | 1,000 | 90 |" in lines
+    assert "| 1 rank x 2 threads | 1 | 45.5 | 1,500 | 70 |" in lines
+    assert local_layout_section([])[0].startswith("not measured")
