@@ -137,6 +137,13 @@ class SerializeConfig(Section):
     )
     separator: str = Field(", ", description="Put between the columns' parts of the text.")
     include_column_names: bool = Field(True, description="Write `column: value` rather than `value` alone.")
+    significant_digits: int | None = Field(
+        None,
+        gt=0,
+        description="Write numbers (int and float values) rounded to this many significant digits, e.g. 2: "
+        "1125.37 → 1100, 54.09 → 54, 0.1234 → 0.12: the magnitude stays, digits that are noise to a classifier go "
+        "(fewer distinct number words to learn); unset: whole numbers as they are, floats with two decimals.",
+    )
     retain_columns: list[str] = Field(
         default_factory=list, description="Columns kept beside `text` and `labels` (e.g. a row id to join predictions back)."
     )

@@ -66,3 +66,35 @@ def test_batch_gives_one_text_per_row():
     batch = {"supplier": ["A", "B", None], "amount": [1.0, None, 3.25]}
     out = serialize_batch(batch, ["supplier", "amount"], ", ", include_column_names=True)
     assert out == {"text": ["supplier: A, amount: 1.00", "supplier: B", "amount: 3.25"]}
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        (1125.37, "1100"),
+        (54.09, "54"),
+        (0.1234, "0.12"),
+        (-7.25, "-7.2"),  # half to even
+        (99.96, "100"),
+        (12345, "12000"),
+        (7, "7"),
+        (0.0, "0"),
+        (-0.0, "0"),
+        (np.float32(180.98), "180"),
+        (decimal.Decimal("2.675"), "2.7"),
+        (1e20, "100000000000000000000"),
+        (float("inf"), "inf"),
+        (True, "true"),  # not a number here
+        ("997.5", "997.5"),  # text stays text
+    ],
+)
+def test_significant_digits_round_numbers_only(value, text):
+    assert format_value(value, significant_digits=2) == text
+    assert format_value(float("nan"), significant_digits=2) is None
+
+
+def test_significant_digits_in_a_row():
+    row = {"supplier": "ACME Ltd", "amount": 1125.37, "lines": 3}
+    assert serialize_row(row, ["supplier", "amount", "lines"], ", ", True, significant_digits=2) == \
+        "supplier: ACME Ltd, amount: 1100, lines: 3"
+    assert serialize_row(row, ["amount"], ", ", False) == "1125.37"

@@ -12,6 +12,7 @@ import pytest
 
 import kubetune
 from kubetune.data import stages
+from kubetune.data.serialize import format_value
 from kubetune.data.stages import preprocess, tokenize
 from kubetune.errors import ConfigError, DataError, KubetuneError
 
@@ -84,6 +85,18 @@ def test_demo_data_through_the_stage(tmp_path: Path):
     assert sum(result.rows.values()) == 300
     text = datasets.load_from_disk(str(tmp_path / "pre"))["train"][0]["text"]
     assert text.startswith("line_id: L001") and ", payment_date: 202" in text  # default text columns: all but the label
+
+
+def test_serialize_options_reach_the_texts(tmp_path: Path):
+    from kubetune.data.demo import generate_ledger
+
+    config = make_config(data={"uri": "demo://ledger?rows=300&seed=1"},
+                         serialize={"text_columns": ["supplier", "amount"], "include_column_names": False,
+                                    "significant_digits": 2, "retain_columns": ["line_id"]})
+    preprocess(config, str(tmp_path / "pre"))
+    row = datasets.load_from_disk(str(tmp_path / "pre"))["train"][0]
+    source = generate_ledger(300, 1).set_index("line_id").loc[row["line_id"]]
+    assert row["text"] == f"{source['supplier']}, {format_value(source['amount'], 2)}"
 
 
 # --------------------------------------------------------------------------------- column checks

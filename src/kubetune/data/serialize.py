@@ -19,6 +19,11 @@ came from (a tokenizer sees `1125`, `1125.0` and `1.125e3` as different words):
 | text | as written, with runs of white space (newlines, tabs) made one space and ends trimmed |
 
 CSV and JSON Lines values that are text stay text: a CSV amount written `997.5` is not reformatted.
+
+With `serialize.significant_digits: N`, int and float values are first rounded to N significant digits
+(half to even) and written without trailing zeros after the point: with 2, `1125.37` → `1100`,
+`54.09` → `54`, `0.1234` → `0.12`, `-7.25` → `-7.2`, `0` → `0`. A ledger amount's magnitude tells its
+account; its pennies do not, and each distinct number is one more word a model has to learn.
 """
 
 from __future__ import annotations
@@ -34,8 +39,13 @@ import numpy as np
 import pandas as pd
 
 
-def format_value(value: Any) -> str | None:
+def format_value(value: Any, significant_digits: int | None = None) -> str | None:
     """The text of one value, or None when it is missing (see the module docstring)."""
+    if significant_digits is not None and isinstance(value, int | float | np.integer | np.floating | decimal.Decimal) \
+            and not isinstance(value, bool | np.bool_):
+        rounded = round_significant(value, significant_digits)
+        if rounded is not None:
+            return rounded
     if value is None or value is pd.NA or value is pd.NaT:
         return None
     if isinstance(value, str):
@@ -68,22 +78,40 @@ def format_value(value: Any) -> str | None:
     return format_value(str(value))
 
 
-def serialize_row(values: Mapping[str, Any], columns: Sequence[str], separator: str, include_column_names: bool) -> str:
+def round_significant(value: Any, digits: int) -> str | None:
+    """`value` rounded to `digits` significant digits, in fixed point; None for NaN and infinities."""
+    number = decimal.Decimal(str(value)) if not isinstance(value, decimal.Decimal) else value
+    if not number.is_finite():
+        return None
+    if number.is_zero():
+        return "0"
+    exponent = number.adjusted() - digits + 1  # the place of the last digit kept
+    rounded = number.quantize(decimal.Decimal(1).scaleb(exponent), rounding=decimal.ROUND_HALF_EVEN)
+    text = f"{rounded:f}"
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return "0" if text in ("-0", "") else text
+
+
+def serialize_row(values: Mapping[str, Any], columns: Sequence[str], separator: str, include_column_names: bool,
+                  significant_digits: int | None = None) -> str:
     parts = []
     for column in columns:
-        text = format_value(values[column])
+        text = format_value(values[column], significant_digits)
         if text is not None:
             parts.append(f"{column}: {text}" if include_column_names else text)
     return separator.join(parts)
 
 
 def serialize_batch(
-    batch: Mapping[str, list], columns: Sequence[str], separator: str, include_column_names: bool
+    batch: Mapping[str, list], columns: Sequence[str], separator: str, include_column_names: bool,
+    significant_digits: int | None = None,
 ) -> dict[str, list[str]]:
     """datasets.map function (batched): the `text` of each row; `columns` is not empty."""
     rows = len(batch[columns[0]])
     return {
         "text": [
-            serialize_row({c: batch[c][i] for c in columns}, columns, separator, include_column_names) for i in range(rows)
+            serialize_row({c: batch[c][i] for c in columns}, columns, separator, include_column_names, significant_digits)
+            for i in range(rows)
         ]
     }

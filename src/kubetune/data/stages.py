@@ -327,7 +327,8 @@ def _labelize_and_serialize(
         split = split.map(
             serialize_batch, batched=True,
             fn_kwargs={"columns": text_columns, "separator": config.serialize.separator,
-                       "include_column_names": config.serialize.include_column_names},
+                       "include_column_names": config.serialize.include_column_names,
+                       "significant_digits": config.serialize.significant_digits},
             num_proc=_procs(config.serialize.num_proc, len(split)), desc=f"serialize {name}",
             remove_columns=[c for c in split.column_names if c not in retain and c != "labels"],
         )
