@@ -2,6 +2,8 @@
 DeepSpeed ZeRO-2 → class-weighted loss → best-checkpoint reload → evaluate, and the MLflow run it leaves.
 
 Each piece is tested alone elsewhere; this is the combination a user runs (`kubetune run`), on a tiny model.
+The embedded default trains on one rank (faster on a 2-core machine: BENCHMARKS.md, "Local cores"); this
+test keeps the 2-rank ZeRO-2 path that `cluster.gpus_per_worker: 2` and the cluster's pods run.
 """
 
 from __future__ import annotations
