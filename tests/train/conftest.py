@@ -180,3 +180,11 @@ def torchrun_command(nproc: int, *args: str, port: int | None = None) -> list[st
 
 
 __all__ = ["REPO_ROOT", "build_tokenized", "free_port", "kubetune_command", "torchrun_command", "write_config"]
+
+
+@pytest.fixture(scope="module")
+def label_map():
+    """The toy task's label map: its 4 classes and 2 dummy slots."""
+    from kubetune.data.labels import LabelMap
+
+    return LabelMap.build(TOY_CLASSES, label_column="category", max_classes=TOY_MAX_CLASSES, dummy_prefix="dummy")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 from transformers import TrainingArguments
 
 from kubetune.data.labels import LabelMap
@@ -13,13 +12,7 @@ from kubetune.train.callbacks import SpeedCallback
 from kubetune.train.model import apply_lora, head_module_names
 from kubetune.train.trainer import KubetuneTrainer, LearningRates
 
-from .conftest import TOY_CLASSES, TOY_MAX_CLASSES
 from .test_model import build
-
-
-@pytest.fixture(scope="module")
-def label_map() -> LabelMap:
-    return LabelMap.build(TOY_CLASSES, label_column="category", max_classes=TOY_MAX_CLASSES, dummy_prefix="dummy")
 
 
 def optimizer_rates(model, rates: LearningRates, tmp_path: Path) -> dict[str, float]:

@@ -22,13 +22,6 @@ from kubetune.train.model import (
     save_trained_model,
 )
 
-from .conftest import TOY_CLASSES, TOY_MAX_CLASSES
-
-
-@pytest.fixture(scope="module")
-def label_map() -> LabelMap:
-    return LabelMap.build(TOY_CLASSES, label_column="category", max_classes=TOY_MAX_CLASSES, dummy_prefix="dummy")
-
 
 def config_for(model_dir: Path, **sections: dict):
     data = {"model": {"name": str(model_dir)}, "lora": {"r": 8, "lora_alpha": 32}, "tracking": {"enable": False}}

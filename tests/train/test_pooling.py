@@ -23,13 +23,7 @@ from kubetune.train.pooling import (
     pooling_of,
 )
 
-from .conftest import TOY_CLASSES, TOY_MAX_CLASSES
 from .test_model import build
-
-
-@pytest.fixture(scope="module")
-def label_map() -> LabelMap:
-    return LabelMap.build(TOY_CLASSES, label_column="category", max_classes=TOY_MAX_CLASSES, dummy_prefix="dummy")
 
 
 @pytest.fixture(scope="module")

@@ -20,17 +20,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from kubetune.console import print_table
     from kubetune.evaluation import evaluate
-    from kubetune.evaluation.baseline import comparison_rows, verdict
+    from kubetune.evaluation.baseline import comparison_lines
 
     config = config_from_args(args)
     check_locations(args, config, inputs=("model", "data"), outputs=("output",), kind="evaluate")
     result = evaluate(config, model_uri=args.model, data_uri=args.data, output_uri=args.output,
                       mlflow_run_id=args.mlflow_run_id, split=args.split)
     if result.baseline_metrics:
-        rows = comparison_rows(dict(sorted(result.metrics.items())), result.baseline_metrics)
-        print_table(["metric", "model", "baseline", "difference"], rows, title=f"{args.split} metrics")
-        line = verdict(result.metrics, result.baseline_metrics)
-        if line:
+        table, *said = comparison_lines(dict(sorted(result.metrics.items())), result.baseline_metrics,
+                                        title=f"{args.split} metrics")
+        print("\n" + table + "\n")
+        for line in said:
             print(line)
     else:
         print_table(["metric", "value"], sorted(result.metrics.items()), title=f"{args.split} metrics")

@@ -123,6 +123,15 @@ def comparison_rows(model: Mapping[str, float], baseline: Mapping[str, float]) -
     ]
 
 
+def comparison_lines(model: Mapping[str, float], baseline: Mapping[str, float], first_header: str = "metric",
+                     title: str | None = None) -> list[str]:
+    """What a summary prints: the table of model, baseline and difference, then the verdict line when there is one."""
+    from kubetune.console import format_table
+
+    table = format_table([first_header, "model", "baseline", "difference"], comparison_rows(model, baseline), title=title)
+    return [table, *filter(None, [verdict(model, baseline)])]
+
+
 def verdict(model: Mapping[str, float], baseline: Mapping[str, float]) -> str | None:
     """One plain line when the model does not beat the baseline on accuracy or macro F1; None when it does."""
     lost = [f"{label} ({model[name]:.2f} vs {baseline[name]:.2f})"

@@ -39,7 +39,7 @@ from kubetune import storage
 from kubetune.config import RunConfig, load_config
 from kubetune.console import format_table
 from kubetune.errors import EXIT_TERMINATED, KubetuneError
-from kubetune.evaluation.baseline import BASELINE_METRICS_FILE, comparison_rows, verdict
+from kubetune.evaluation.baseline import BASELINE_METRICS_FILE, comparison_lines
 from kubetune.pipeline.steps import CONFIG_NAME_ENV, TIMINGS_ENV
 from kubetune.train.history import (
     HEADERS,
@@ -353,9 +353,7 @@ def format_summary(summary: LocalRunSummary) -> str:
         if summary.training_hint:
             lines.append(summary.training_hint)
     if summary.test_metrics and summary.baseline_metrics:
-        lines.append(format_table(["test metric", "model", "baseline", "difference"],
-                                  comparison_rows(summary.test_metrics, summary.baseline_metrics)))
-        lines.extend(filter(None, [verdict(summary.test_metrics, summary.baseline_metrics)]))
+        lines.extend(comparison_lines(summary.test_metrics, summary.baseline_metrics, first_header="test metric"))
     elif summary.test_metrics:
         shown = [(name, value) for name, value in summary.test_metrics.items()]
         lines.append(format_table(["test metric", "value"], shown))
