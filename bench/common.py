@@ -47,6 +47,9 @@ SECTION_COLUMNS: dict[str, tuple[str, ...]] = {
                        "run_command", "source"),
     "pipeline": ("step", "seconds", "note"),
     "local_layout": ("layout", "repeat", "steps", "global_batch", "samples_per_s", "tokens_per_s", "wall_seconds", "overrides"),
+    # Inference: rows/s of `kubetune predict` and of the plain transformers pipeline on the same rows.
+    "predict": ("dataset", "rows", "system", "model", "batch_size", "max_length", "repeats", "seconds", "rows_per_s",
+                "agreement", "device"),
     "baseline_cost": (
         "dataset", "split", "max_features", "features", "train_rows", "test_rows", "fit_seconds", "predict_seconds",
         "accuracy", "macro_f1",

@@ -110,6 +110,28 @@ def tokenization_section(rows: Sequence[Mapping[str, str]]) -> list[str]:
             "the plain `datasets.map` covers the map and its Arrow cache file."]
 
 
+def predict_section(rows: Sequence[Mapping[str, str]]) -> list[str]:
+    """Rows/s of `kubetune predict` and of the plain transformers pipeline on the same rows (bench/predict_throughput.py)."""
+    chosen = latest_session(rows)
+    if not chosen:
+        return [_not_run("predict")]
+    table = [[r["system"], r["dataset"], f"{int(r['rows']):,}", r["batch_size"], r["max_length"],
+              f"{float(r['seconds']):.1f}", f"{float(r['rows_per_s']):,.1f}", r["device"]] for r in chosen]
+    speed = {r["system"]: float(r["rows_per_s"]) for r in chosen}
+    lines = [_session_line(chosen), "", *_table(["system", "dataset", "rows", "batch", "max_length", "seconds", "rows/s",
+                                                "device"], table), ""]
+    kubetune, plain = speed.get("kubetune predict"), speed.get("transformers pipeline")
+    if kubetune and plain:
+        lines.append(f"`kubetune predict` scores {_x(kubetune / plain)} the rows per second of the plain pipeline; the two "
+                     f"give the same label on {_pct(float(chosen[0]['agreement']))} of the rows.")
+    first = chosen[0]
+    lines += ["", f"Model: {first['model']}. Medians over {first['repeats']} timed runs each, interleaved, after a warm-up. "
+                  "`kubetune predict`'s time covers serializing, tokenizing and scoring the raw rows (length-sorted "
+                  "batches, LoRA merged); the pipeline's covers tokenizing and scoring rows already serialized, in "
+                  "file order, with the same merged model and truncation."]
+    return lines
+
+
 def _latest_by(rows: Sequence[Mapping[str, str]], *keys: str) -> dict[tuple[str, ...], Mapping[str, str]]:
     """The newest row (by date) of each combination of `keys`."""
     latest: dict[tuple[str, ...], Mapping[str, str]] = {}
@@ -338,7 +360,7 @@ def render(read: Callable[[str], list[dict[str, str]]] = read_rows, why_file: Pa
         "every figure below is in bench/results/*.csv with its date, commit, machine and command. Knobs: "
         "`BENCH_TRAIN_STEPS`, `BENCH_REPEATS`, `BENCH_TRAIN_ROWS`, `BENCH_QUALITY_DATASETS`, `BENCH_QUALITY_SYSTEMS`, "
         "`BENCH_COUNCIL_ROWS`, `BENCH_FULL_FT_EPOCHS`, `BENCH_FULL_FT_SLOWDOWN`, `BENCH_FULL_FT_LR`, "
-        "`BENCH_PIPELINE_SUMMARY`, `BENCH_SECTIONS` (see bench/run.sh).",
+        "`BENCH_PIPELINE_SUMMARY`, `BENCH_PREDICT_ROWS`, `BENCH_SECTIONS` (see bench/run.sh).",
         "",
         "## Goals: where we stand",
         "",
@@ -364,6 +386,10 @@ def render(read: Callable[[str], list[dict[str, str]]] = read_rows, why_file: Pa
         "## Tokenization",
         "",
         *tokenization_section(read("tokenization")),
+        "",
+        "## Inference: `kubetune predict` vs the `transformers` pipeline (`python -m bench.predict_throughput`)",
+        "",
+        *predict_section(read("predict")),
         "",
         "## Quality: kubetune vs the TF-IDF baseline vs a full fine-tune",
         "",

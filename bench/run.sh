@@ -9,7 +9,8 @@
 # per data set (the default and a full fine-tune of about the same time): hours for all five, so run it alone
 # or for some data sets (BENCH_QUALITY_DATASETS), or record finished runs (python -m bench.quality --from-run).
 # Knobs:
-#   BENCH_SECTIONS          sections to run (throughput tokenization quality pipeline)
+#   BENCH_SECTIONS          sections to run (throughput tokenization predict quality pipeline)
+#   BENCH_PREDICT_ROWS      council rows the predict section scores (2000)
 #   BENCH_TRAIN_STEPS       optimizer steps per throughput run (8)
 #   BENCH_REPEATS           runs of each variant, interleaved A B C A B C ... (3)
 #   BENCH_TRAIN_ROWS        train rows the throughput runs draw their batches from (steps x batch size: one epoch)
@@ -25,9 +26,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}
-SECTIONS=${BENCH_SECTIONS:-throughput tokenization quality pipeline}
+SECTIONS=${BENCH_SECTIONS:-throughput tokenization predict quality pipeline}
 export BENCH_SESSION=${BENCH_SESSION:-$(date -u +%Y%m%dT%H%M%SZ)}
-knobs=$(env | grep -E '^BENCH_(SECTIONS|TRAIN_STEPS|REPEATS|TRAIN_ROWS|QUALITY_DATASETS|QUALITY_SYSTEMS|COUNCIL_ROWS|FULL_FT_EPOCHS|FULL_FT_SLOWDOWN|FULL_FT_LR|PIPELINE_SUMMARY|DATASETS_DIR)=' | sort | tr '\n' ' ' || true)
+knobs=$(env | grep -E '^BENCH_(SECTIONS|PREDICT_ROWS|TRAIN_STEPS|REPEATS|TRAIN_ROWS|QUALITY_DATASETS|QUALITY_SYSTEMS|COUNCIL_ROWS|FULL_FT_EPOCHS|FULL_FT_SLOWDOWN|FULL_FT_LR|PIPELINE_SUMMARY|DATASETS_DIR)=' | sort | tr '\n' ' ' || true)
 export BENCH_COMMAND="${knobs}bench/run.sh"
 export HF_HUB_OFFLINE=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 results=${BENCH_RESULTS_DIR:-bench/results}
@@ -39,13 +40,17 @@ declare -A took
 failed=()
 for section in $SECTIONS; do
   case $section in
-    throughput|tokenization|quality|pipeline) ;;
-    *) echo "bench/run.sh: unknown section '$section' (throughput tokenization quality pipeline)" >&2; exit 2 ;;
+    throughput|tokenization|predict|quality|pipeline) ;;
+    *) echo "bench/run.sh: unknown section '$section' (throughput tokenization predict quality pipeline)" >&2; exit 2 ;;
   esac
   echo "== $section" | tee -a "$log"
   begun=$SECONDS
   # A failed section is reported at the end; the others still run and the page is still regenerated.
-  "$PYTHON" -m "bench.$section" 2>&1 | tee -a "$log" || failed+=("$section")
+  case $section in
+    predict) command=(-m bench.predict_throughput --rows "${BENCH_PREDICT_ROWS:-2000}") ;;
+    *) command=(-m "bench.$section") ;;
+  esac
+  "$PYTHON" "${command[@]}" 2>&1 | tee -a "$log" || failed+=("$section")
   took[$section]=$((SECONDS - begun))
 done
 "$PYTHON" -m bench.report | tee -a "$log"

@@ -405,3 +405,34 @@ def test_local_layout_section_takes_medians_per_layout():
     assert "| 2 ranks x 1 thread, DeepSpeed ZeRO-2 | 3 | 34.0 | 1,000 | 90 |" in lines
     assert "| 1 rank x 2 threads | 1 | 45.5 | 1,500 | 70 |" in lines
     assert local_layout_section([])[0].startswith("not measured")
+
+
+# ---------------------------------------------------------------------------------------------- predict
+def test_predict_benchmark_times_both_systems_on_the_same_model(tiny_bert: Path, tmp_path: Path):
+    """kubetune predict and the transformers pipeline over the merged model label every row alike (the dummy
+    slots of the forced head masked in both), so the two times are of the same work."""
+    from bench.predict_throughput import KUBETUNE, PIPELINE, time_systems
+    from kubetune.data.demo import write_demo_data
+    from kubetune.data.load import load_table
+    from kubetune.inference import Predictor
+    from tests.predict_helpers import LABEL_COLUMN, build_model_folder
+
+    ledger = write_demo_data(tmp_path / "ledger.csv", rows=40, seed=4)
+    predictor = Predictor.load(str(build_model_folder(tmp_path, tiny_bert, ledger, dummy_bias=1e4)))
+    seconds, agreement = time_systems(predictor, load_table(str(ledger), "d", text_columns=[LABEL_COLUMN]), 8, 1)
+    assert set(seconds) == {KUBETUNE, PIPELINE} and all(s > 0 for s in seconds.values())
+    assert agreement == 1.0
+
+
+def test_predict_section_compares_rows_per_second():
+    from bench.report import predict_section
+
+    info = _info("2026-12-02T00:00:00")
+    rows = [{**info.__dict__, "dataset": "council", "rows": "2000", "system": system, "model": "MiniLM LoRA (untrained)",
+             "batch_size": "64", "max_length": "64", "repeats": "3", "seconds": str(2000 / speed), "rows_per_s": str(speed),
+             "agreement": "1.0", "device": "cpu (2 threads)"}
+            for system, speed in (("kubetune predict", 150.0), ("transformers pipeline", 100.0))]
+    lines = "\n".join(predict_section(rows))
+    assert "| kubetune predict | council | 2,000 | 64 | 64 | 13.3 | 150.0 | cpu (2 threads) |" in lines
+    assert "`kubetune predict` scores 1.50× the rows per second of the plain pipeline" in lines and "100.0 %" in lines
+    assert "not measured" in predict_section([])[0]

@@ -261,13 +261,18 @@ class Predictor:
 
     # ------------------------------------------------------------------------------------- the model
     def load_weights(self) -> tuple[Any, Any]:
-        """(model, tokenizer), loaded once (kubetune.train.model.load_trained_classifier), on the GPU when there is one."""
+        """(model, tokenizer), loaded once (kubetune.train.model.load_trained_classifier) with the LoRA merged in,
+        on the GPU when there is one."""
         if self._weights is None:
             import torch
 
-            from kubetune.train.model import load_trained_classifier
+            from kubetune.train.model import install_dummy_slot_mask, load_trained_classifier
 
             model, tokenizer, _ = load_trained_classifier(self.model_dir)
+            if hasattr(model, "merge_and_unload"):
+                # Fold the adapters into the base weights (in memory): the forward pass skips the LoRA matmuls.
+                model = model.merge_and_unload()
+                install_dummy_slot_mask(model, self.label_map.num_real_labels)  # its hook was on the wrapper
             model.to(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
             self._weights = (model, tokenizer)
         return self._weights
