@@ -94,6 +94,8 @@ def test_predict_gives_one_row_per_input_in_input_order(predictor: Predictor, fr
     real = list(predictor.label_map.real_labels)
     assert probabilities.shape == (len(frame), len(real))
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+    # Rows already serialized (a preprocess output's text) score the same.
+    np.testing.assert_array_equal(predictor.probabilities_of_texts(predictor.texts(frame), batch_size=16), probabilities)
     assert out["predicted_label"].tolist() == [real[i] for i in probabilities.argmax(axis=1)]
     np.testing.assert_allclose(out["probability"], probabilities.max(axis=1), rtol=1e-6)
     assert all(len(labels) == 3 and labels[0] == best for labels, best in zip(out["top_labels"], out["predicted_label"], strict=True))

@@ -24,6 +24,7 @@ import math
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -312,9 +313,12 @@ class Predictor:
     def probabilities(self, frame: pd.DataFrame, *, batch_size: int = DEFAULT_BATCH_SIZE,
                       progress: bool = False) -> np.ndarray:
         """(rows, num_real_labels) probabilities, columns in the order of label_map.real_labels."""
-        return self._probabilities_of_texts(self.texts(frame), batch_size, progress)
+        return self.probabilities_of_texts(self.texts(frame), batch_size=batch_size, progress=progress)
 
-    def _probabilities_of_texts(self, texts: list[str], batch_size: int, progress: bool) -> np.ndarray:
+    def probabilities_of_texts(self, texts: Sequence[str], *, batch_size: int = DEFAULT_BATCH_SIZE,
+                               progress: bool = False) -> np.ndarray:
+        """`probabilities` of rows already serialized (a preprocess output's `text` column, made with the same
+        serialize settings as this model's training data: compare `spec.serialize`)."""
         import torch
         from tqdm.auto import tqdm
 
@@ -322,7 +326,7 @@ class Predictor:
         num_real = self.label_map.num_real_labels
         if not texts:
             return np.zeros((0, num_real), dtype=np.float32)
-        encoded = tokenizer(texts, truncation=True, max_length=self.spec.max_length, padding=False, verbose=False)
+        encoded = tokenizer(list(texts), truncation=True, max_length=self.spec.max_length, padding=False, verbose=False)
         lengths = np.fromiter((len(ids) for ids in encoded["input_ids"]), dtype=np.int64, count=len(texts))
         # Longest first: a batch too big for memory fails at once, not at the end.
         order = np.argsort(-lengths, kind="stable")

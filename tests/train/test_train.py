@@ -76,7 +76,7 @@ def test_trainable_parameter_count_is_exact(bert_run):
 
 
 def test_model_metadata_describes_the_model(bert_run, bert_tokenized: Path):
-    _, out, metrics = bert_run
+    config, out, metrics = bert_run
     metadata = json.loads((out / "model" / "model_metadata.json").read_text())
     data_metadata = json.loads((bert_tokenized / "dataset_metadata.json").read_text())
     assert metadata["label_slots"] == 6 and metadata["num_real_labels"] == 4
@@ -85,6 +85,10 @@ def test_model_metadata_describes_the_model(bert_run, bert_tokenized: Path):
     assert metadata["data"]["inputs"] == data_metadata["inputs"]  # the data's checksums
     assert metadata["data"]["cache_key"] == data_metadata["cache_key"]
     assert metadata["metrics"] == metrics
+    # What inference reads raw rows with (kubetune.inference): the data's own settings where it records them
+    # (this toy data records its label column and max_length, not its serialization: the config's, here).
+    assert metadata["inference"] == {"serialize": {**config.serialize.model_dump(mode="json")}, "label_column": "category",
+                                     "max_length": 32}
     assert set(metadata["versions"]) >= {"torch", "transformers", "peft", "kubetune"}
     training_metrics = json.loads((out / "model" / "training_metrics.json").read_text())
     assert training_metrics == metrics and all(isinstance(v, float) for v in training_metrics.values())
