@@ -215,6 +215,21 @@ def test_a_model_from_before_predict_reads_its_run_config(model_dir: Path, frame
         Predictor.load(str(old))
 
 
+@pytest.mark.parametrize(("write", "message"), [
+    (lambda m: {**m, INFERENCE_KEY: {**m[INFERENCE_KEY], "serialize": {"text_colums": ["a"]}}},
+     r"has an 'inference' entry this kubetune cannot read \(ValidationError: .*\); score it with the kubetune that"),
+    (lambda m: "{not json", r"model_metadata\.json is not JSON \(JSONDecodeError: .*\); give a model/ folder"),
+])
+def test_model_metadata_it_cannot_read_is_one_line(model_dir: Path, tmp_path: Path, write, message: str):
+    broken = tmp_path / "model"
+    shutil.copytree(model_dir, broken)
+    written = write(json.loads((model_dir / "model_metadata.json").read_text()))
+    (broken / "model_metadata.json").write_text(written if isinstance(written, str) else json.dumps(written))
+    with pytest.raises(DataError, match=message) as caught:
+        Predictor.load(str(broken))
+    assert "\n" not in str(caught.value)
+
+
 def test_a_rerun_replaces_its_own_output_but_never_a_users_file(model_dir: Path, ledger: Path, tmp_path: Path):
     output = tmp_path / "out.parquet"
     predict_file(str(model_dir), str(ledger), str(output), config_for())

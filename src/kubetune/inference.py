@@ -64,8 +64,13 @@ def inference_metadata(config: RunConfig, data_metadata: dict[str, Any]) -> dict
     used, with `text_columns` resolved when the config left them empty: every column but the label),
     else from the run's config.
     """
+    from pydantic import ValidationError
+
     recorded = (data_metadata.get("config") or {}).get("serialize")
-    serialize = SerializeConfig(**recorded) if recorded else config.serialize
+    try:
+        serialize = SerializeConfig(**recorded) if recorded else config.serialize
+    except ValidationError:  # data made by a kubetune whose serialize section differed: the run's own settings
+        serialize = config.serialize
     text_columns = data_metadata.get("text_columns") or serialize.text_columns
     label_column = ((data_metadata.get("config") or {}).get("split") or {}).get("label_column") or config.split.label_column
     max_length = (data_metadata.get("tokenize") or {}).get("max_length") or config.tokenize.max_length
@@ -90,7 +95,7 @@ class InferenceSpec:
         return tuple(self.serialize.text_columns)
 
 
-def _spec_from_training_config(model_dir: Path, reference: str, config_text: str | None) -> InferenceSpec:
+def _spec_from_training_config(reference: str, config_text: str | None) -> InferenceSpec:
     """A model folder written before model_metadata.json had its `"inference"` entry: the run's config.yaml."""
     from kubetune.config import config_from_yaml_text
 
@@ -106,13 +111,21 @@ def _spec_from_training_config(model_dir: Path, reference: str, config_text: str
 
 def read_inference_spec(model_dir: Path, reference: str, parent_config: str | None = None) -> InferenceSpec:
     """The folder's InferenceSpec; `parent_config`: the text of OUT/config.yaml when the folder is remote."""
-    metadata = json.loads((model_dir / MODEL_METADATA_FILE).read_text())
+    try:
+        metadata = json.loads((model_dir / MODEL_METADATA_FILE).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(f"--model: {reference}/{MODEL_METADATA_FILE} is not JSON ({short_reason(exc)}); "
+                        "give a model/ folder written by `kubetune train`") from None
     entry = metadata.get(INFERENCE_KEY)
     if entry is None:
         if parent_config is None and (model_dir.parent / TRAIN_CONFIG_FILE).is_file():
             parent_config = (model_dir.parent / TRAIN_CONFIG_FILE).read_text()
-        return _spec_from_training_config(model_dir, reference, parent_config)
-    spec = InferenceSpec(SerializeConfig(**entry["serialize"]), entry["label_column"], int(entry["max_length"]))
+        return _spec_from_training_config(reference, parent_config)
+    try:
+        spec = InferenceSpec(SerializeConfig(**entry["serialize"]), str(entry["label_column"]), int(entry["max_length"]))
+    except (KeyError, TypeError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
+        raise DataError(f"{reference}: its {MODEL_METADATA_FILE} has an {INFERENCE_KEY!r} entry this kubetune cannot "
+                        f"read ({short_reason(exc)}); score it with the kubetune that trained it, or retrain it") from None
     if not spec.input_columns:
         raise DataError(f"{reference}: its {MODEL_METADATA_FILE} names no input columns ({INFERENCE_KEY}.serialize."
                         "text_columns is empty); retrain it with this kubetune")
