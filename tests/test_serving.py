@@ -143,8 +143,10 @@ def test_a_model_logged_before_raw_rows_still_takes_serialized_text(logged: dict
     assert list(model.predict(pd.DataFrame({"text": texts}))) == predictor.predict(logged["frame"])["predicted_label"].tolist()
 
 
-def test_mlflow_models_serve_answers_a_rest_request_with_the_labels(logged: dict):
-    """`mlflow models serve -m runs:/<id>/model --env-manager local` on 127.0.0.1, asked over REST with raw rows."""
+@pytest.mark.parametrize("model_uri", ["runs:/{run_id}/model", f"models:/{REGISTERED}@champion"])
+def test_mlflow_models_serve_answers_a_rest_request_with_the_labels(logged: dict, model_uri: str):
+    """`mlflow models serve -m runs:/<id>/model --env-manager local` (or the registered champion) on 127.0.0.1,
+    asked over REST with raw rows."""
     import os
 
     port = free_port()
@@ -154,7 +156,7 @@ def test_mlflow_models_serve_answers_a_rest_request_with_the_labels(logged: dict
            "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
            "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1] / "src"), os.environ.get("PYTHONPATH", "")])}
     server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "models", "serve", "-m", f"runs:/{logged['run_id']}/model", "--env-manager",
+        [sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri.format(run_id=logged["run_id"]), "--env-manager",
          "local", "-h", "127.0.0.1", "-p", str(port), "-w", "1"],
         stdout=log, stderr=subprocess.STDOUT, env=env, cwd=logged["root"],
     )
