@@ -263,6 +263,7 @@ def bad_model(model_dir: Path, tmp_path: Path, without: str) -> Path:
         ("output-in-a-file", r"--output: .*new\.csv is a file, so .*out\.parquet cannot be created in it"),
         ("output-is-a-folder", r"--output: .*is a folder; give a file name"),
         ("no-data", r"--data: .*absent\.csv not found"),
+        ("unknown-scheme", r"--data: kubetune cannot read or write gs:// URIs \(got 'gs://bucket/new\.csv'\)"),
     ],
 )
 def test_bad_input_is_one_line_naming_it_exit_2_and_no_output(case: str, message: str, model_dir: Path, ledger: Path,
@@ -288,6 +289,8 @@ def test_bad_input_is_one_line_naming_it_exit_2_and_no_output(case: str, message
         output.mkdir()
     elif case == "no-data":
         data = tmp_path / "absent.csv"
+    elif case == "unknown-scheme":
+        data = "gs://bucket/new.csv"
     before = sorted(p.name for p in tmp_path.rglob("*") if "broken" not in p.parts)
     code = main(["predict", "--model", model, "--data", str(data), "--output", str(output), *extra])
     # Log records (mlflow creating a fresh SQLite store says so) are not the error.
@@ -311,3 +314,10 @@ def test_the_command_prints_rows_per_second_review_share_top_labels_and_metrics(
     assert "needs review (probability < 0.9): 150 rows (100.0%)" in out  # an untrained model is never that sure
     assert "most predicted labels" in out and "accuracy" in out and "macro F1" in out
     assert len(pd.read_parquet(tmp_path / "p.parquet")) == 150
+
+
+def test_new_demo_lines_can_be_scored_straight_from_the_generator(model_dir: Path, tmp_path: Path, capsys):
+    code = main(["predict", "--model", str(model_dir), "--data", "demo://ledger?rows=30&seed=9", "--output",
+                 str(tmp_path / "demo.parquet")])
+    assert code == 0 and "30 rows scored in" in capsys.readouterr().out
+    assert pd.read_parquet(tmp_path / "demo.parquet")["line_id"].tolist()[:2] == ["L0090000000", "L0090000001"]

@@ -3,6 +3,7 @@ from __future__ import annotations
 import argparse
 
 from kubetune.commands import add_config_arguments, config_from_args
+from kubetune.errors import KubetuneError
 
 HELP = ("Classify new rows with a trained model: the predicted label, its probability, the top-k labels and a "
         "needs_review flag per row, written to a Parquet file.")
@@ -16,7 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, metavar="NEW",
                         help="Rows to classify, with the training data's columns (the label column may be absent; when "
                         "present, accuracy and macro F1 are reported): CSV, Parquet, JSON Lines or a saved dataset, "
-                        "local or s3://.")
+                        "local or s3://; or demo://ledger?rows=N&seed=S.")
     parser.add_argument("--output", "-o", required=True, metavar="OUT",
                         help="Parquet file of predictions (local or s3://); an existing file is replaced only when "
                         "`kubetune predict` wrote it.")
@@ -31,7 +32,9 @@ def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     # Every argument before the model: the output first (nothing is read or written when it is wrong).
     check_predictions_output(args.output, config.storage)
-    storage.check_location("--data", args.data)
+    problem = storage.unsupported_scheme(args.data, also=("demo",))  # demo://ledger?rows=500&seed=7: new demo lines
+    if problem:
+        raise KubetuneError(f"--data: {problem}")
     check_exists(args.data, "--data", config.storage)
     summary = predict_file(args.model, args.data, args.output, config)
     print()
