@@ -11,7 +11,8 @@ saves one (bench/work/predict/council-model): rows/s do not depend on what the w
 
 The two systems score the same rows, a seeded sample of the council file, with the same batch size:
 - `kubetune predict`: Predictor.probabilities on the raw rows — serialization, tokenization, length-sorted
-  batches, the forward passes (bf16 autocast on a CUDA GPU), softmax over the real labels;
+  batches of at most batch_size x max_length padded tokens (more short rows a batch), the forward passes
+  (bf16 autocast on a CUDA GPU), softmax over the real labels;
 - `transformers pipeline`: `pipeline("text-classification")` on the rows already serialized (its time leaves
   serialization out), the LoRA merged into the base model (`merge_and_unload`, as Predictor merges it), the dummy
   slots masked, truncation at the same max_length, rows in file order (the pipeline does not sort by length).

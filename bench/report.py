@@ -127,7 +127,7 @@ def predict_section(rows: Sequence[Mapping[str, str]]) -> list[str]:
     first = chosen[0]
     lines += ["", f"Model: {first['model']}. Medians over {first['repeats']} timed runs each, interleaved, after a warm-up. "
                   "`kubetune predict`'s time covers serializing, tokenizing and scoring the raw rows (length-sorted "
-                  "batches, LoRA merged); the pipeline's covers tokenizing and scoring rows already serialized, in "
+                  "batches of up to batch x max_length padded tokens, LoRA merged); the pipeline's covers tokenizing and scoring rows already serialized, in "
                   "file order, with the same merged model and truncation."]
     return lines
 

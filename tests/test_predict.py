@@ -102,12 +102,20 @@ def test_predict_gives_one_row_per_input_in_input_order(predictor: Predictor, fr
     assert all(p[0] >= p[1] >= p[2] for p in out["top_probabilities"])
 
 
+def test_token_budget_batches_take_more_short_rows():
+    from kubetune.inference import token_budget_batches
+
+    assert token_budget_batches(np.array([30, 20, 10, 10, 10, 10, 5, 5]), 40) == [(0, 1), (1, 3), (3, 7), (7, 8)]
+    assert token_budget_batches(np.array([99, 3]), 40) == [(0, 1), (1, 2)]  # a row longer than the budget goes alone
+    assert token_budget_batches(np.array([], dtype=int), 40) == []
+
+
 def test_order_is_kept_whatever_the_length_sorting_does(predictor: Predictor, frame: pd.DataFrame):
-    """Batches are made of rows sorted by token length: scoring rows one at a time, or in reverse, gives the same
+    """Batches are made of rows sorted by token length: scoring them in other batches, or in reverse, gives the same
     rows back in the same places."""
     rows = frame.head(24)
     batched = predictor.probabilities(rows, batch_size=5)
-    one_by_one = predictor.probabilities(rows, batch_size=1)
+    one_by_one = predictor.probabilities(rows, batch_size=1)  # at most 1 x max_length tokens a batch: 1-3 rows
     reversed_rows = predictor.probabilities(rows.iloc[::-1], batch_size=7)[::-1]
     lengths = [len(ids) for ids in predictor.load_weights()[1](predictor.texts(rows))["input_ids"]]
     assert len(set(lengths)) > 3  # the sort really reorders

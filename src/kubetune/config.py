@@ -390,8 +390,12 @@ class PredictConfig(Section):
         description="A row whose predicted label has a probability below this gets `needs_review: true`, so a "
         "person checks only the uncertain rows.",
     )
-    batch_size: int = Field(64, gt=0, description="Rows per forward pass; rows are sorted by token length first, so "
-                            "a batch holds rows of similar length and little padding is computed.")
+    batch_size: int = Field(
+        64, gt=0,
+        description="Rows per forward pass at `tokenize.max_length`: rows are sorted by token length and each batch "
+        "takes as many rows as fit in the padded tokens of this many rows of the longest length (shorter rows, more "
+        "rows a batch), so little padding is computed and memory stays bounded.",
+    )
     format: Literal["auto", "csv", "parquet", "jsonl", "hf"] = Field(
         "auto", description="File format of `kubetune predict --data`; `auto` decides from the file name, as `data.format`."
     )

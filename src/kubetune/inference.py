@@ -12,8 +12,10 @@ inference must do as training did is read from that folder, never re-specified b
 
 Rows are serialized by the very function preprocess maps over its datasets (kubetune.data.serialize), after
 the same trip through Arrow, so a row's text is byte-identical to the text the model was trained on.
-Scoring sorts rows by token length and batches neighbours (little padding), in torch.inference_mode, with
-bf16 autocast on a CUDA GPU that has it; results come back in input order.
+Scoring sorts rows by token length and batches neighbours (little padding), each batch as many rows as fit
+in the padded tokens of `batch_size` rows of max_length (short rows go many to a batch), in
+torch.inference_mode with the LoRA merged, bf16 autocast on a CUDA GPU that has it; results come back in
+input order.
 """
 
 from __future__ import annotations
@@ -215,6 +217,18 @@ def _download_registered_model(reference: str, scratch: Path, tracking_uri: str 
     return folders[0]
 
 
+def token_budget_batches(sorted_lengths: np.ndarray, budget: int) -> list[tuple[int, int]]:
+    """(start, stop) of consecutive batches over rows sorted longest first, each as many rows as fit in `budget`
+    padded tokens (rows x its longest row), at least one: short rows go many to a batch, long ones few."""
+    batches, start = [], 0
+    while start < len(sorted_lengths):
+        rows = max(1, budget // max(1, int(sorted_lengths[start])))
+        stop = min(len(sorted_lengths), start + rows)
+        batches.append((start, stop))
+        start = stop
+    return batches
+
+
 # ----------------------------------------------------------------------------------------- Predictor
 @dataclass
 class Predictor:
@@ -347,10 +361,10 @@ class Predictor:
         use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
         names = list(encoded.keys())
         scores = np.empty((len(texts), num_real), dtype=np.float32)
-        starts = range(0, len(order), batch_size)
+        batches = token_budget_batches(lengths[order], batch_size * self.spec.max_length)
         with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            for start in tqdm(starts, desc="predict", unit="batch", disable=not progress):
-                rows = order[start : start + batch_size]
+            for start, stop in tqdm(batches, desc="predict", unit="batch", disable=not progress):
+                rows = order[start:stop]
                 batch = tokenizer.pad({name: [encoded[name][i] for i in rows] for name in names}, return_tensors="pt")
                 logits = model(**{k: v.to(device) for k, v in batch.items()}).logits.float()
                 # Softmax over the real labels only: the dummy slots are no label at all.
