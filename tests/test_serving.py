@@ -1,12 +1,27 @@
-"""kubetune.serving's MLflow calls leave the process's tracking URI (and its environment) as they found it."""
+"""The run's MLflow model (kubetune.serving): raw rows in, the labels kubetune predict gives out, also over REST
+and through the registry; and its MLflow calls leave the process's tracking URI as they found it."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
 
 import mlflow
+import pandas as pd
+import pytest
 
+from kubetune.data.demo import write_demo_data
+from kubetune.data.load import load_table
+from kubetune.inference import INFERENCE_KEY, Predictor
 from kubetune.serving import tracking_uri_set
+from tests.loopback import free_port
+from tests.predict_helpers import LABEL_COLUMN, TEXT_COLUMNS, build_model_folder
 
 
 def test_tracking_uri_set_restores_an_unset_uri(monkeypatch, tmp_path):
@@ -29,23 +44,6 @@ def test_tracking_uri_set_restores_the_previous_uri(monkeypatch, tmp_path):
 
 # ------------------------------------------------------------------------------- the logged model itself
 # A model logged into a SQLite store (artifacts in a folder), as the evaluate step logs it; fed raw rows.
-import json  # noqa: E402
-import shutil  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-import urllib.request  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import pandas as pd  # noqa: E402
-import pytest  # noqa: E402
-
-from kubetune.data.demo import write_demo_data  # noqa: E402
-from kubetune.data.load import load_table  # noqa: E402
-from kubetune.inference import INFERENCE_KEY, Predictor  # noqa: E402
-from tests.loopback import free_port  # noqa: E402
-from tests.predict_helpers import LABEL_COLUMN, TEXT_COLUMNS, build_model_folder  # noqa: E402
-
 REGISTERED = "ledger-classifier"
 
 
@@ -72,10 +70,6 @@ def logged(tiny_bert: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 
 def load_pyfunc(uri: str, model_uri: str):
-    import mlflow
-
-    from kubetune.serving import tracking_uri_set
-
     with tracking_uri_set(uri):
         return mlflow.pyfunc.load_model(model_uri)
 
@@ -147,8 +141,6 @@ def test_a_model_logged_before_raw_rows_still_takes_serialized_text(logged: dict
 def test_mlflow_models_serve_answers_a_rest_request_with_the_labels(logged: dict, model_uri: str):
     """`mlflow models serve -m runs:/<id>/model --env-manager local` (or the registered champion) on 127.0.0.1,
     asked over REST with raw rows."""
-    import os
-
     port = free_port()
     log = (logged["root"] / "serve.log").open("wb")
     # mlflow starts `uvicorn` by name: this interpreter's bin/ first on PATH, as in an activated environment.
