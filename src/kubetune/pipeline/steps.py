@@ -263,3 +263,61 @@ def evaluate_step(config: str, model_path: str, data_path: str, output_path: str
     resolved = config_from_yaml_text(config, "run config")
     return evaluate(resolved, model_uri=model_path, data_uri=data_path, output_uri=output_path,
                     mlflow_run_id=mlflow_run_id or None)
+
+
+# --------------------------------------------------------------------------------- batch scoring
+# In the predict pipeline's `output_uri`, replaced by the run id: a schedule's runs each write their own file.
+RUN_ID_PLACEHOLDER = "{run_id}"
+
+
+def predict_step(
+    config: str,
+    overrides: list[str],
+    model: str,
+    data_uri: str,
+    output_uri: str,
+    run_id: str,
+    predictions_path: str,
+    summary_path: str,
+) -> dict[str, Any]:
+    """Score the rows at `data_uri` with `model`: the predictions Parquet at `predictions_path` (the step's
+    artifact) and, when `output_uri` is given, published there too; the Markdown summary at `summary_path`.
+
+    Returns the summary as a dict (the artifact's metadata).
+    """
+    resolved = resolve_run_config(config, overrides)
+    output_uri = output_uri.strip().replace(RUN_ID_PLACEHOLDER, run_id)
+    check_predict_inputs(resolved, model.strip(), data_uri.strip(), output_uri)
+    from kubetune import storage
+    from kubetune.inference import predict_file
+
+    summary = predict_file(model.strip(), data_uri.strip(), predictions_path, resolved)
+    markdown = summary.to_markdown()
+    if output_uri:
+        storage.publish_file(predictions_path, output_uri, resolved.storage)
+        markdown += f"\n\nPredictions also written to `{output_uri}`.\n"
+        print(f"predictions written to {output_uri}", flush=True)
+    Path(summary_path).write_text(markdown)
+    return summary.to_dict()
+
+
+def check_predict_inputs(config: RunConfig, model: str, data_uri: str, output_uri: str) -> None:
+    """Every parameter of the predict step, checked before the model is loaded or any output is touched."""
+    from kubetune import storage
+    from kubetune.data.load import check_exists
+
+    if not model:
+        raise KubetuneError(
+            "model: no model given; set the `model` pipeline parameter to a train output's model/ folder "
+            "(s3://bucket/runs/<run id>/train/model) or a registry reference (models:/<name>@champion)"
+        )
+    if not model.startswith("models:/"):
+        storage.check_location("model", model)
+    if not data_uri:
+        raise KubetuneError("data_uri: no rows to score given; set the `data_uri` pipeline parameter (s3://bucket/new-lines.parquet)")
+    problem = storage.unsupported_scheme(data_uri, also=("demo",))
+    if problem:
+        raise KubetuneError(f"data_uri: {problem}")
+    check_exists(data_uri, "data_uri", config.storage)
+    if output_uri:
+        storage.check_output_location("output_uri", output_uri, file=True, config=config.storage)
