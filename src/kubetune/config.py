@@ -381,6 +381,22 @@ class EvaluateConfig(Section):
     )
 
 
+# ------------------------------------------------------------------------------------------ predict
+class PredictConfig(Section):
+    top_k: int = Field(3, ge=1, description="Labels listed per row in `top_labels` / `top_probabilities`, best first "
+                       "(at most the model's real labels).")
+    review_threshold: float = Field(
+        0.5, ge=0.0, le=1.0,
+        description="A row whose predicted label has a probability below this gets `needs_review: true`, so a "
+        "person checks only the uncertain rows.",
+    )
+    batch_size: int = Field(64, gt=0, description="Rows per forward pass; rows are sorted by token length first, so "
+                            "a batch holds rows of similar length and little padding is computed.")
+    format: Literal["auto", "csv", "parquet", "jsonl", "hf"] = Field(
+        "auto", description="File format of `kubetune predict --data`; `auto` decides from the file name, as `data.format`."
+    )
+
+
 # ---------------------------------------------------------------------------------------- tracking
 class TrackingConfig(Section):
     enable: bool = Field(True, description="Log params, metrics and artifacts to MLflow.")
@@ -495,6 +511,7 @@ class RunConfig(Section):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     loss: LossConfig = Field(default_factory=LossConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    predict: PredictConfig = Field(default_factory=PredictConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)

@@ -35,6 +35,7 @@ from kubetune.config import RunConfig
 from kubetune.console import print_table
 from kubetune.distributed import barrier, is_local_main_process, is_main_process, print_main, world_size
 from kubetune.errors import EXIT_TERMINATED, ConfigError, DataError
+from kubetune.inference import INFERENCE_KEY, inference_metadata
 from kubetune.train.arguments import (
     Precision,
     build_training_arguments,
@@ -407,6 +408,8 @@ def model_metadata(run: TrainingRun, model: nn.Module, metrics: dict[str, float]
         "lora": lora_description(model, config.lora),
         "tokenizer": config.tokenizer_name,
         "max_length": config.tokenize.max_length,
+        # How `kubetune predict` and the MLflow model turn raw rows into this model's inputs.
+        INFERENCE_KEY: inference_metadata(config, data_metadata),
         "data": {
             "uri": run.data_uri,
             "cache_key": data_metadata.get("cache_key"),
