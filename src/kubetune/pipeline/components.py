@@ -133,7 +133,7 @@ def predict(
     result = run_step("predict", lambda: predict_step(
         config, overrides, model, data_uri, output_uri, kfp_run_id, predictions.path, summary.path,
     ), outputs={"predictions": predictions.path, "summary": summary.path})
-    predictions.metadata.update({"format": "parquet", **result})
+    predictions.metadata.update({"format": "parquet", **{k: v for k, v in result.items() if v is not None}})
     for name, value in result.items():
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             metrics.log_metric(name, float(value))
