@@ -180,11 +180,15 @@ def _download_registered_model(reference: str, scratch: Path, tracking_uri: str 
                             f"({short_reason(exc)})") from None
     import mlflow.artifacts
 
+    from kubetune.serving import tracking_uri_set
+
     target = scratch / "registered"
     target.mkdir(parents=True, exist_ok=True)
     try:
-        mlflow.artifacts.download_artifacts(artifact_uri=f"{REGISTRY_SCHEME}{name}/{found.version}", dst_path=str(target),
-                                            tracking_uri=tracking_uri)
+        # The process's URI too: the registry's download resolves a version's source (models:/<model id>) with it.
+        with tracking_uri_set(tracking_uri):
+            mlflow.artifacts.download_artifacts(artifact_uri=f"{REGISTRY_SCHEME}{name}/{found.version}",
+                                                dst_path=str(target), tracking_uri=tracking_uri)
     except MlflowException as exc:
         raise KubetuneError(f"--model: cannot download {reference} (version {found.version}) from {tracking_uri} "
                             f"({short_reason(exc)})") from None

@@ -1,9 +1,15 @@
-"""The trained classifier as an MLflow model: `mlflow.pyfunc.load_model("runs:/<run id>/model")` predicts labels.
+"""The trained classifier as an MLflow model: `mlflow.pyfunc.load_model("runs:/<run id>/model")` classifies raw rows.
 
 The pipeline's evaluate step logs the trainer's model/ folder (adapter, tokenizer, label_map.json,
 model_metadata.json) as the artifacts of a `KubetuneClassifier`, so the run lists it under "Logged
-models". Its input is a DataFrame with a `text` column: the text as the preprocess stage serializes it
-(`serialize` section of the run's config); its output, the predicted label of each row.
+models". Its input is a DataFrame of raw rows with the model's input columns (its training
+`serialize.text_columns`; the signature names them), serialized, tokenized and scored by
+kubetune.inference.Predictor exactly as `kubetune predict` does; its output, a DataFrame with
+`predicted_label`, `probability` and `needs_review` per row. `mlflow models serve` answers the same
+over REST (POST /invocations with `{"dataframe_split": ...}`).
+
+A model logged before raw rows were accepted (its model_metadata.json says nothing of its inputs) still
+loads and takes what it took then: a `text` column, already serialized as preprocess does.
 """
 
 from __future__ import annotations
@@ -23,13 +29,15 @@ if TYPE_CHECKING:
 
 MODEL_NAME = "model"  # the logged model's name: runs:/<run id>/model
 MODEL_ARTIFACT = "model"  # the key of the model/ folder among the pyfunc's artifacts
-TEXT_COLUMN = "text"
+TEXT_COLUMN = "text"  # the input of a model logged before raw rows were accepted
+REVIEW_THRESHOLD_PARAM = "review_threshold"
+DEFAULT_REVIEW_THRESHOLD = 0.5  # = config.predict.review_threshold's default
 _BATCH = 64
 
 
 def predict_labels(model: Any, tokenizer: Any, label_names: list[str], num_real_labels: int, texts: list[str],
                    max_length: int, batch_size: int = _BATCH) -> list[str]:
-    """The predicted label of each text (never a dummy slot)."""
+    """The predicted label of each serialized text (never a dummy slot): models logged before raw rows."""
     import torch
 
     from kubetune.train.metrics import real_class_predictions
@@ -46,19 +54,65 @@ def predict_labels(model: Any, tokenizer: Any, label_names: list[str], num_real_
 
 
 class KubetuneClassifier(mlflow.pyfunc.PythonModel):
-    """A kubetune model/ folder behind MLflow's pyfunc interface: `text` column in, labels out."""
+    """A kubetune model/ folder behind MLflow's pyfunc interface.
+
+    `predict` takes a DataFrame of raw rows (the model's input columns; retained id columns may come
+    along) and returns a DataFrame with one row per input row, in order: `predicted_label` (str),
+    `probability` (of that label, a softmax over the real labels) and `needs_review` (probability below the
+    `review_threshold` param, 0.5 unless given). The same labels as `kubetune predict` gives (both are
+    kubetune.inference.Predictor).
+    """
 
     def load_context(self, context: Any) -> None:
-        from kubetune.train.model import load_trained_classifier
+        from kubetune.errors import DataError
+        from kubetune.inference import Predictor
 
         model_dir = Path(context.artifacts[MODEL_ARTIFACT])
-        self.model, self.tokenizer, self.label_map = load_trained_classifier(model_dir)
-        self.max_length = int(json.loads((model_dir / "model_metadata.json").read_text()).get("max_length") or 512)
+        try:
+            self.predictor: Predictor | None = Predictor.load(str(model_dir))
+        except DataError:
+            # Logged before model_metadata.json said how to read raw rows: it takes serialized `text`, as it did.
+            self.predictor = None
+            from kubetune.train.model import load_trained_classifier
 
-    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> list[str]:
-        texts = [str(text) for text in model_input[TEXT_COLUMN]]
-        return predict_labels(self.model, self.tokenizer, list(self.label_map.labels), self.label_map.num_real_labels,
-                              texts, self.max_length)
+            self.model, self.tokenizer, self.label_map = load_trained_classifier(model_dir)
+            self.max_length = int(json.loads((model_dir / "model_metadata.json").read_text()).get("max_length") or 512)
+            return
+        self.predictor.load_weights()
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> Any:
+        from kubetune.inference import NEEDS_REVIEW, PREDICTED_LABEL, PROBABILITY
+
+        if self.predictor is None:
+            texts = [str(text) for text in model_input[TEXT_COLUMN]]
+            return predict_labels(self.model, self.tokenizer, list(self.label_map.labels),
+                                  self.label_map.num_real_labels, texts, self.max_length)
+        threshold = float((params or {}).get(REVIEW_THRESHOLD_PARAM, DEFAULT_REVIEW_THRESHOLD))
+        predictions = self.predictor.predict(model_input, top_k=1, review_threshold=threshold)
+        return predictions[[PREDICTED_LABEL, PROBABILITY, NEEDS_REVIEW]].reset_index(drop=True)
+
+
+def model_signature(model_dir: Path) -> Any:
+    """The raw input columns (any type: a CSV gives text, Parquet numbers and dates) and retained id columns
+    (optional) in; predicted_label, probability, needs_review out; the review threshold as a param.
+    A folder that doesn't say its input columns (trained before they were recorded): `text` in, labels out."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+    from mlflow.types.schema import AnyType
+
+    from kubetune.errors import DataError
+    from kubetune.inference import NEEDS_REVIEW, PREDICTED_LABEL, PROBABILITY, Predictor
+
+    try:
+        predictor = Predictor.load(str(model_dir))
+    except DataError:
+        return ModelSignature(inputs=Schema([ColSpec("string", TEXT_COLUMN)]), outputs=Schema([ColSpec("string")]))
+    inputs = [ColSpec(AnyType(), name) for name in predictor.input_columns]
+    inputs += [ColSpec(AnyType(), name, required=False) for name in predictor.retain_columns
+               if name not in predictor.input_columns]
+    outputs = Schema([ColSpec("string", PREDICTED_LABEL), ColSpec("double", PROBABILITY), ColSpec("boolean", NEEDS_REVIEW)])
+    params = ParamSchema([ParamSpec(REVIEW_THRESHOLD_PARAM, "double", DEFAULT_REVIEW_THRESHOLD)])
+    return ModelSignature(inputs=Schema(inputs), outputs=outputs, params=params)
 
 
 @contextlib.contextmanager
@@ -81,13 +135,11 @@ def log_model(client: MlflowClient, run_id: str, model_dir: Path) -> str:
     ending the pipeline's run is the exit handler's alone.
     """
     from mlflow.entities import LoggedModelOutput
-    from mlflow.models import ModelSignature
-    from mlflow.types import ColSpec, Schema
 
     from kubetune import __version__
 
     run = client.get_run(run_id)
-    signature = ModelSignature(inputs=Schema([ColSpec("string", TEXT_COLUMN)]), outputs=Schema([ColSpec("string")]))
+    signature = model_signature(model_dir)
     with tracking_uri_set(client.tracking_uri):
         logged = mlflow.initialize_logged_model(name=MODEL_NAME, source_run_id=run_id,
                                                 experiment_id=run.info.experiment_id,

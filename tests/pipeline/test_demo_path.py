@@ -45,6 +45,7 @@ def demo_run(tmp_path_factory, tiny_bert, mlflow_server):  # noqa: F811
                   "save_steps": EVERY, "save_total_limit": 1, "load_best_model_at_end": True,
                   "metric_for_best_model": "macro_f1", "learning_rate": 0.2, "warmup_steps": 0},
         tracking={"tracking_uri": mlflow_server, "experiment_name": "demo-path"},
+        serialize={"retain_columns": ["line_id"]},  # joins the evaluated test rows back to the raw ledger lines
     )
     summary = run_local(str(config), [], run_id="demo-path-run")
     return root, summary
@@ -79,10 +80,10 @@ def test_two_ranks_with_zero2_and_class_weights_save_the_best_checkpoint(demo_ru
 def test_the_run_leaves_one_finished_mlflow_run_with_its_model_and_datasets(demo_run, mlflow_server):  # noqa: F811
     import mlflow
     import pandas as pd
-    from datasets import load_from_disk
     from mlflow.tracking import MlflowClient
 
     from kubetune.config import load_config
+    from kubetune.data.demo import generate_ledger
     from kubetune.data.labels import LabelMap
     from kubetune.data.stages import input_fingerprint
     from kubetune.serving import tracking_uri_set
@@ -122,10 +123,9 @@ def test_the_run_leaves_one_finished_mlflow_run_with_its_model_and_datasets(demo
         model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
     assert model.metadata.model_id == output.model_id
     labels = LabelMap.load(Path(summary.model_dir))
-    # Fed the serialized test rows, it predicts what the evaluate step predicted for them, row by row.
-    [preprocessed] = [p.parent for p in (root / "runs" / "kfp").rglob("preprocess/dataset/dataset_dict.json")]
-    texts = load_from_disk(str(preprocessed))["test"]["text"]
-    predicted = list(model.predict(pd.DataFrame({"text": texts})))
-    evaluated = pd.read_parquet(Path(summary.evaluation_dir) / "predictions.parquet")["predicted"].tolist()
-    assert predicted == evaluated
+    # Fed the raw ledger lines of the test split, it predicts what the evaluate step predicted for them, row by row.
+    evaluated = pd.read_parquet(Path(summary.evaluation_dir) / "predictions.parquet")
+    ledger = generate_ledger(400, 3).set_index("line_id").loc[evaluated["line_id"]].reset_index()
+    predicted = model.predict(ledger)["predicted_label"].tolist()
+    assert predicted == evaluated["predicted"].tolist()
     assert set(predicted) <= set(labels.real_labels)
