@@ -63,6 +63,18 @@ def test_the_training_pipeline_is_still_the_default(kfp_server, run_yaml, capsys
     assert run["pipeline_spec"]["pipeline_spec"]["pipelineInfo"]["name"] == "kubetune"
 
 
+def test_wait_follows_the_predict_step(kfp_server, run_yaml, capsys):
+    kfp_server.run_updates = [{"state": "SUCCEEDED", "finished_at": "2025-06-02T08:05:00Z", "run_details": {
+        "task_details": [{"display_name": "predict", "state": "SUCCEEDED", "start_time": "2025-06-02T08:00:05Z",
+                          "end_time": "2025-06-02T08:04:05Z"}]}}]
+    code, out, err = kubetune(capsys, "submit", "-c", str(run_yaml), "--host", kfp_server.url, *SCORING, "--wait")
+
+    assert code == 0, err
+    progress = [line.split("  ", 1)[1] for line in out.splitlines() if line[:2].isdigit() and line[2] == ":"]
+    assert progress == ["run SUCCEEDED", "predict SUCCEEDED after 4m 00s"]  # no training steps waited for
+    assert out.splitlines()[-3:] == [f"model     {MODEL}", f"data      {DATA}", "output    the run's predictions artifact"]
+
+
 def test_monthly_scoring_is_scheduled_like_monthly_retraining(kfp_server, run_yaml, capsys):
     code, out, err = kubetune(capsys, "schedule", "-c", str(run_yaml), "--host", kfp_server.url, *SCORING,
                               "--output", OUTPUT, "--cron", "0 6 1 * *")

@@ -24,7 +24,8 @@ def compile_all(root: str | Path, cluster: ClusterConfig | None = None) -> list[
     cluster = cluster or ClusterConfig()
     written = []
     (root / PIPELINE_FILE).parent.mkdir(parents=True, exist_ok=True)
-    for file, pipeline in ((PIPELINE_FILE, kubetune_pipeline_for(cluster)), (PREDICT_PIPELINE_FILE, predict_pipeline_for(cluster))):
+    pipelines = {PIPELINE_FILE: kubetune_pipeline_for(cluster), PREDICT_PIPELINE_FILE: predict_pipeline_for(cluster)}
+    for file, pipeline in pipelines.items():
         compiler.Compiler().compile(pipeline, str(root / file))
         written.append(root / file)
     (root / COMPONENTS_DIR).mkdir(parents=True, exist_ok=True)

@@ -133,9 +133,8 @@ def reachability_problems(config: RunConfig) -> list[str]:
 
 
 # ------------------------------------------------------------------------------ batch scoring
-PIPELINES = ("train", "predict")
 PREDICT_STEPS = ("predict",)
-REGISTRY_PREFIX = "models:/"
+REGISTRY_PREFIX = "models:/"  # = kubetune.inference.REGISTRY_SCHEME (not imported: pandas, for a CLI check)
 
 
 @dataclass(frozen=True)
