@@ -65,7 +65,8 @@ def test_the_predict_pipeline_scores_new_rows_into_its_artifacts_and_the_output_
 
     summary = Path(run.outputs["summary"].path).read_text()
     assert summary.startswith("# kubetune predict\n")
-    assert re.search(r"^- 40 rows scored in [\d.]+ s \([\d,.]+ rows/s\)", summary, re.MULTILINE), summary
+    assert re.search(rf"^- 40 rows scored in [\d.]+ s \([\d,.]+ rows/s\) → {re.escape(run.outputs['predictions'].uri)}$",
+                     summary, re.MULTILINE), summary
     flagged = int(predictions["needs_review"].sum())
     assert f"- needs review (probability < 0.9): {flagged} rows ({100 * flagged / 40:.1f}%)" in summary
     most_predicted = predictions["predicted_label"].value_counts()

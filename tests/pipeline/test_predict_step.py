@@ -12,6 +12,7 @@ from kubetune import storage
 from kubetune.errors import KubetuneError
 from kubetune.pipeline.steps import predict_step
 
+ARTIFACT_URI = "minio://mlpipeline/v2/artifacts/kubetune-predict/run-7/predict/predictions"
 ROWS = pd.DataFrame({"supplier": ["Acme", "Globex", "Initech"], "description": ["paper", "fuel", "chairs"]})
 
 
@@ -44,7 +45,7 @@ def run_predict(tmp_path: Path, model: str, data: str, output_uri: str = "", con
     artifacts = tmp_path / "artifacts"
     artifacts.mkdir(exist_ok=True)
     predictions, summary = artifacts / "predictions", artifacts / "summary"
-    result = predict_step(config, [], model, data, output_uri, "run-7", str(predictions), str(summary))
+    result = predict_step(config, [], model, data, output_uri, "run-7", str(predictions), str(summary), ARTIFACT_URI)
     return predictions, summary, result
 
 
@@ -54,6 +55,8 @@ def test_predictions_go_to_the_artifact_and_the_summary_to_markdown(tmp_path, sc
     assert pd.read_parquet(predictions)["supplier"].tolist() == ["Acme", "Globex", "Initech"]
     assert summary.read_text().startswith("# kubetune predict\n")
     assert "- needs review (probability < 0.5): 1 rows (33.3%)" in summary.read_text()
+    # The artifact by its URI (what the KFP UI links), not the path it has inside the step's pod.
+    assert f"rows/s) → {ARTIFACT_URI}\n" in summary.read_text() and result["output"] == ARTIFACT_URI
     assert "| 6000 | 3 | 100.0% |" in summary.read_text()
     assert (result["rows"], result["needs_review"], result["label_counts"]) == (3, 1, {"6000": 3})
     ((model, data, output, config),) = scored

@@ -131,7 +131,7 @@ def predict(
     from kubetune.pipeline.steps import predict_step, run_step
 
     result = run_step("predict", lambda: predict_step(
-        config, overrides, model, data_uri, output_uri, kfp_run_id, predictions.path, summary.path,
+        config, overrides, model, data_uri, output_uri, kfp_run_id, predictions.path, summary.path, predictions.uri,
     ), outputs={"predictions": predictions.path, "summary": summary.path})
     predictions.metadata.update({"format": "parquet", **{k: v for k, v in result.items() if v is not None}})
     for name, value in result.items():

@@ -282,12 +282,16 @@ def predict_step(
     run_id: str,
     predictions_path: str,
     summary_path: str,
+    predictions_uri: str = "",
 ) -> dict[str, Any]:
     """Score the rows at `data_uri` with `model`: the predictions Parquet at `predictions_path` (the step's
-    artifact) and, when `output_uri` is given, published there too; the Markdown summary at `summary_path`.
+    artifact, whose URI is `predictions_uri`) and, when `output_uri` is given, published there too; the
+    Markdown summary at `summary_path`.
 
     Returns the summary as a dict (the artifact's metadata).
     """
+    import dataclasses
+
     from kubetune import storage
     from kubetune.inference import predict_file
 
@@ -297,6 +301,8 @@ def predict_step(
     with _named_as_pipeline_parameters():
         check_predict_inputs(resolved, model, data_uri, output_uri)
         summary = predict_file(model, data_uri, predictions_path, resolved)
+    # The summary names the artifact by its URI, not by the path it has inside this pod.
+    summary = dataclasses.replace(summary, output=predictions_uri or predictions_path)
     markdown = summary.to_markdown()
     if output_uri:
         storage.publish_file(predictions_path, output_uri, resolved.storage)
