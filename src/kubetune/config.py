@@ -487,8 +487,8 @@ class ClusterConfig(Section):
     evaluate_gpus: int = Field(
         0,
         ge=0,
-        description="GPUs the evaluate step's pod requests (scoring the test split is one forward pass); 0: it "
-        "runs on the CPU, so a CPU-only cluster can schedule it.",
+        description="GPUs the pods of the evaluate step and of the batch-scoring pipeline's predict step request "
+        "(scoring is forward passes only); 0: they run on the CPU, so a CPU-only cluster can schedule them.",
     )
     timeout_seconds: int = Field(86400, gt=0, description="The train step fails (and deletes the job) after this long.")
     ttl_seconds_after_finished: int = Field(86400, ge=0, description="The finished job is deleted after this long.")

@@ -364,6 +364,23 @@ def write_text(uri: str, text: str, config: StorageConfig | None = None) -> None
     temporary.replace(target)
 
 
+def publish_file(local_file: str | Path, uri: str, config: StorageConfig | None = None) -> None:
+    """Copy a finished local file to `uri` so that readers see the old file or the new one, never a part:
+    a local target by copy to a hidden name and rename; an object by one upload (S3 shows it only once whole)."""
+    fs, path = filesystem(uri, config)
+    if is_remote(normalize_uri(uri)):
+        with_retries(lambda: fs.put_file(str(local_file), path), f"uploading {uri}", config=config)
+        return
+    target = Path(path).expanduser()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}")
+    try:
+        shutil.copyfile(local_file, temporary)
+        temporary.replace(target)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
 def _clear_stale_staging(parent: Path, name: str) -> None:
     """Remove staging directories that a killed earlier run of this stage left behind."""
     for stale in parent.glob(f".{name}.staging-*"):

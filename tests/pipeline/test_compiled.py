@@ -8,7 +8,7 @@ import pytest
 import yaml
 from kfp import components
 
-from kubetune.pipeline.compile import COMPONENTS_DIR, PIPELINE_FILE, compile_all
+from kubetune.pipeline.compile import COMPONENTS_DIR, PIPELINE_FILE, PREDICT_PIPELINE_FILE, compile_all
 
 REPO = Path(__file__).resolve().parents[2]
 STEP_NAMES = ("validate", "preprocess", "tokenize", "train", "evaluate")
@@ -131,10 +131,15 @@ def test_evaluate_requests_gpus_on_the_gpu_nodes_only_when_configured(tmp_path):
     assert evaluate["tolerations"] == [{"effect": "NoSchedule", "key": "nvidia.com/gpu", "operator": "Exists"}]
 
 
-def test_credentials_come_from_secrets_by_name_only():
-    documents = list(yaml.safe_load_all((REPO / PIPELINE_FILE).read_text()))
+@pytest.mark.parametrize(("file", "executors"), [
+    (PIPELINE_FILE, ("exec-validate", "exec-preprocess", "exec-tokenize", "exec-train", "exec-evaluate", "exec-finalize")),
+    (PREDICT_PIPELINE_FILE, ("exec-predict",)),
+])
+def test_credentials_come_from_secrets_by_name_only(file, executors):
+    documents = list(yaml.safe_load_all((REPO / file).read_text()))
     platform = documents[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
-    for name in ("exec-validate", "exec-preprocess", "exec-tokenize", "exec-train", "exec-evaluate", "exec-finalize"):
+    assert set(platform) == set(executors)
+    for name in executors:
         secrets = {entry["secretName"]: entry for entry in platform[name]["secretAsEnv"]}
         storage = secrets["kubetune-s3"]
         assert {item["envVar"] for item in storage["keyToEnv"]} == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
@@ -157,3 +162,64 @@ def test_no_secret_value_reaches_the_compiled_pipeline(tmp_path, monkeypatch):
     assert {item["envVar"] for item in mlflow["keyToEnv"]} == {
         "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN"}
     assert mlflow["optional"] is True
+
+
+# ------------------------------------------------------------------------- the batch-scoring pipeline
+@pytest.fixture(scope="module")
+def predict_spec():
+    return components.load_component_from_file(str(REPO / PREDICT_PIPELINE_FILE))
+
+
+def test_predict_pipeline_declares_model_data_and_output_parameters(predict_spec):
+    inputs = {name: spec.type for name, spec in predict_spec.component_spec.inputs.items()}
+    assert inputs == {"model": "String", "data_uri": "String", "output_uri": "String", "config": "String",
+                      "overrides": "List"}
+    assert all(spec.optional for spec in predict_spec.component_spec.inputs.values())
+    assert predict_spec.pipeline_spec.pipeline_info.name == "kubetune-predict"
+
+
+def test_predict_pipeline_is_one_uncached_step_whose_artifacts_are_the_pipelines_outputs(predict_spec):
+    tasks = predict_spec.pipeline_spec.root.dag.tasks
+    assert set(tasks) == {"predict"}
+    # An alias that moved or new rows under the same URI must be scored again, never served from the cache.
+    assert not tasks["predict"].caching_options.enable_cache
+    assert {name: p.component_input_parameter for name, p in tasks["predict"].inputs.parameters.items()} == {
+        "model": "model", "data_uri": "data_uri", "output_uri": "output_uri", "config": "config",
+        "overrides": "overrides"}
+    outputs = {name: spec.type for name, spec in predict_spec.component_spec.outputs.items()}
+    assert outputs == {"predictions": "system.Dataset@0.0.1", "summary": "system.Markdown@0.0.1"}
+    selectors = predict_spec.pipeline_spec.root.dag.outputs.artifacts
+    assert {name: (s.artifact_selectors[0].producer_subtask, s.artifact_selectors[0].output_artifact_key)
+            for name, s in selectors.items()} == {"predictions": ("predict", "predictions"), "summary": ("predict", "summary")}
+    component = components.load_component_from_file(str(REPO / COMPONENTS_DIR / "predict.yaml"))
+    declared = {key: spec.type for key, spec in component.component_spec.outputs.items()}
+    assert declared == {"predictions": "system.Dataset@0.0.1", "summary": "system.Markdown@0.0.1",
+                        "metrics": "system.Metrics@0.0.1"}
+
+
+def test_predict_runs_on_the_trainer_image_with_the_kfp_run_id_and_installs_nothing():
+    from kubetune.images import TRAINER_IMAGE
+
+    spec = next(yaml.safe_load_all((REPO / PREDICT_PIPELINE_FILE).read_text()))
+    (executor,) = spec["deploymentSpec"]["executors"].values()
+    assert executor["container"]["image"] == TRAINER_IMAGE  # torch
+    assert "pip install" not in " ".join(executor["container"]["command"])
+    assert "accelerator" not in executor["container"].get("resources", {})
+    # `{run_id}` in output_uri becomes the KFP run id: each scheduled run writes its own file.
+    run_id = spec["components"]["comp-predict"]["inputDefinitions"]["parameters"]["kfp_run_id"]
+    assert run_id["defaultValue"] == "{{$.pipeline_job_uuid}}"
+
+
+def test_predict_requests_gpus_on_the_gpu_nodes_when_evaluate_does(tmp_path):
+    from kubetune.config import ClusterConfig, Toleration
+
+    cluster = ClusterConfig(evaluate_gpus=2, node_selector={"nvidia.com/gpu.present": "true"}, mlflow_secret="mlflow-auth",
+                            tolerations=[Toleration(key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")])
+    compile_all(tmp_path, cluster)
+    spec, platform = yaml.safe_load_all((tmp_path / PREDICT_PIPELINE_FILE).read_text())
+    accelerator = spec["deploymentSpec"]["executors"]["exec-predict"]["container"]["resources"]["accelerator"]
+    assert (accelerator["resourceType"], accelerator["resourceCount"]) == ("nvidia.com/gpu", "2")
+    predict = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-predict"]
+    assert predict["nodeSelector"] == {"labels": {"nvidia.com/gpu.present": "true"}}
+    assert predict["tolerations"] == [{"effect": "NoSchedule", "key": "nvidia.com/gpu", "operator": "Exists"}]
+    assert {entry["secretName"] for entry in predict["secretAsEnv"]} == {"kubetune-s3", "mlflow-auth"}

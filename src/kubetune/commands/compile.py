@@ -2,7 +2,8 @@ from __future__ import annotations
 
 import argparse
 
-HELP = "Write the compiled pipeline (pipelines/kubetune.yaml) and components (components/*.yaml) for Kubeflow."
+HELP = ("Write the compiled pipelines (pipelines/kubetune.yaml: training; pipelines/kubetune-predict.yaml: batch "
+        "scoring) and components (components/*.yaml) for Kubeflow.")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

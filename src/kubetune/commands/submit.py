@@ -6,7 +6,8 @@ import textwrap
 
 from kubetune.commands import add_config_arguments
 
-HELP = "Start one run of the pipeline on a Kubeflow Pipelines server; print its id, its URL and how to follow it."
+HELP = ("Start one run of the pipeline (training, or with --pipeline predict batch scoring) on a Kubeflow Pipelines "
+        "server; print its id, its URL and how to follow it.")
 
 EPILOG = textwrap.dedent("""\
     The config is validated here first: a bad config, or data, outputs or an MLflow store that the
@@ -23,6 +24,8 @@ EPILOG = textwrap.dedent("""\
           data.uri=s3://ledgers/lines.parquet storage.runs_uri=s3://kubetune-runs
       KFP_HOST=https://kubeflow.example.com/pipeline KF_PIPELINES_TOKEN=$(kubectl create token kubetune -n team-a) \\
           kubetune submit -c run.yaml --namespace team-a --experiment ledger-codes training.epochs=1 --wait
+      kubetune submit -c run.yaml --pipeline predict --model models:/ledger-codes@champion \\
+          --data s3://ledgers/2025-07.parquet --output 's3://ledgers/predictions/{run_id}.parquet'
 
     exit status: 0 when the run was created (with --wait: when it succeeded), 1 when a waited-for run
     failed or was cancelled, 2 on a bad config or option, or when the server refused the run.
@@ -33,12 +36,40 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = EPILOG
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     add_config_arguments(parser, required=True)
+    add_pipeline_arguments(parser)
     add_server_arguments(parser)
     parser.add_argument("--run-name", metavar="NAME", help="Display name of the run; default: the config's name and the time.")
     parser.add_argument("--no-cache", action="store_true",
                         help="Run every step again, even where KFP's cache holds a result for the same inputs.")
     parser.add_argument("--wait", action="store_true",
                         help="Follow the run until it ends, printing each state change; exit 1 if it fails.")
+
+
+def add_pipeline_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options `submit` and `schedule` share: which pipeline, and what the batch-scoring one scores."""
+    parser.add_argument("--pipeline", choices=("train", "predict"), default="train",
+                        help="`train`: the training pipeline (default); `predict`: the batch-scoring pipeline, which "
+                        "scores --data with --model.")
+    parser.add_argument("--model", metavar="MODEL",
+                        help="With --pipeline predict: a train output's model/ folder in object storage, or "
+                        "models:/<name>@<alias> (e.g. @champion) or models:/<name>/<version> in the MLflow registry "
+                        "of tracking.tracking_uri.")
+    parser.add_argument("--data", metavar="URI",
+                        help="With --pipeline predict: the rows to score (s3:// CSV, Parquet, JSON Lines or saved "
+                        "dataset), with the training data's columns.")
+    parser.add_argument("--output", metavar="URI",
+                        help="With --pipeline predict: also write the predictions Parquet here (s3://; {run_id} "
+                        "becomes the run id); default: only the run's predictions artifact.")
+
+
+def cluster_config(args: argparse.Namespace):
+    """The checked config and notes of the run `args` ask for, and what it scores (None: a training run)."""
+    from kubetune.pipeline import remote
+
+    scoring = remote.batch_scoring(args.pipeline, args.model, args.data, args.output)
+    if scoring is None:
+        return (*remote.cluster_run_config(args.config, args.overrides, args.namespace), None)
+    return (*remote.cluster_predict_config(args.config, args.overrides, args.namespace, scoring), scoring)
 
 
 def add_server_arguments(parser: argparse.ArgumentParser) -> None:
@@ -64,17 +95,19 @@ def run(args: argparse.Namespace) -> int:
     from kubetune.distributed import print_main
     from kubetune.pipeline import remote
 
-    config, notes = remote.cluster_run_config(args.config, args.overrides, args.namespace)
+    config, notes, scoring = cluster_config(args)
     host = remote.resolve_host(args.host)
     print_notes(notes)
     server = remote.connect(host, config.cluster.namespace)
     submitted = remote.submit(
-        server, config, run_name=args.run_name or remote.default_run_name(args.config),
-        experiment=args.experiment, enable_caching=False if args.no_cache else None,
+        server, config, run_name=args.run_name or remote.default_run_name(args.config, scoring),
+        experiment=args.experiment, enable_caching=False if args.no_cache else None, scoring=scoring,
     )
     print_main(f"Submitted run {submitted.run_id} ({submitted.run_name}) to experiment '{submitted.experiment}'.")
     print_main(f"  KFP UI        {submitted.url}")
-    for what, command in remote.follow_commands(server, config, submitted.run_id):
+    if scoring is not None and scoring.output_uri:
+        print_main(f"  predictions   {scoring.output_uri.replace('{run_id}', submitted.run_id)}")
+    for what, command in remote.follow_commands(server, config, submitted.run_id, scoring):
         print_main(f"  {what:<13} {command}")
     if not args.wait:
         return 0

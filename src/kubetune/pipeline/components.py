@@ -115,5 +115,31 @@ def finalize(
     return finalize_step(config, overrides, run_id or kfp_run_id, status.state)
 
 
+@dsl.component(base_image=TRAINER_IMAGE, install_kfp_package=False)
+def predict(
+    config: str,
+    overrides: list,
+    model: str,
+    data_uri: str,
+    output_uri: str,
+    predictions: Output[Dataset],
+    summary: Output[Markdown],
+    metrics: Output[Metrics],
+    kfp_run_id: str = dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+):
+    """Score new rows with a trained model: the predictions Parquet, its summary in the KFP UI, its figures."""
+    from kubetune.pipeline.steps import predict_step, run_step
+
+    result = run_step("predict", lambda: predict_step(
+        config, overrides, model, data_uri, output_uri, kfp_run_id, predictions.path, summary.path, predictions.uri,
+    ), outputs={"predictions": predictions.path, "summary": summary.path})
+    predictions.metadata.update({"format": "parquet", **{k: v for k, v in result.items() if v is not None}})
+    for name, value in result.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            metrics.log_metric(name, float(value))
+    for name, value in (result.get("metrics") or {}).items():  # when the rows carry their labels
+        metrics.log_metric(name, float(value))
+
+
 COMPONENTS = {"validate": validate, "preprocess": preprocess, "tokenize": tokenize, "train": train, "evaluate": evaluate,
-              "finalize": finalize}
+              "finalize": finalize, "predict": predict}

@@ -12,6 +12,10 @@ pipeline version: the spec depends on the config's cluster section (secret names
 selector, tolerations), so uploading would add a pipeline version per submit, and reusing a pipeline
 uploaded under one name could run it with another config's cluster settings. The run records exactly
 the spec it ran; `kubetune compile` writes the spec for users who want it in the KFP pipeline list.
+
+`--pipeline predict` sends the batch-scoring pipeline instead (kubetune.pipeline.predict_pipeline): the
+same config, plus what to score (`BatchScoring`: the model, the rows, optionally an output URI), checked
+here by `cluster_predict_config` for what its pods can reach.
 """
 
 from __future__ import annotations
@@ -128,19 +132,112 @@ def reachability_problems(config: RunConfig) -> list[str]:
     return problems
 
 
+# ------------------------------------------------------------------------------ batch scoring
+PREDICT_STEPS = ("predict",)
+REGISTRY_PREFIX = "models:/"  # = kubetune.inference.REGISTRY_SCHEME (not imported: pandas, for a CLI check)
+
+
+@dataclass(frozen=True)
+class BatchScoring:
+    """What a run of the batch-scoring pipeline scores: its parameters besides the config."""
+
+    model: str  # an s3:// model/ folder, or models:/<name>@<alias> / models:/<name>/<version>
+    data_uri: str
+    output_uri: str = ""  # also write the predictions here; `{run_id}` becomes the KFP run id
+
+
+def batch_scoring(pipeline: str, model: str | None, data: str | None, output: str | None) -> BatchScoring | None:
+    """The --pipeline, --model, --data and --output options checked together: a BatchScoring for
+    `--pipeline predict`, None for the training pipeline (which takes none of them)."""
+    given = {"--model": model, "--data": data, "--output": output}
+    if pipeline != "predict":
+        misplaced = [option for option, value in given.items() if value is not None]
+        if misplaced:
+            raise ConfigError([
+                f"{option}: only for --pipeline predict (batch scoring); the training pipeline reads its data "
+                "from data.uri" for option in misplaced
+            ])
+        return None
+    missing = []
+    if not (model or "").strip():
+        missing.append("--model: --pipeline predict needs the model to score with: a train output's model/ folder "
+                       "(s3://bucket/runs/<run id>/train/model) or models:/<name>@champion")
+    if not (data or "").strip():
+        missing.append("--data: --pipeline predict needs the rows to score: --data s3://bucket/new-lines.parquet")
+    if missing:
+        raise ConfigError(missing)
+    return BatchScoring(model=model.strip(), data_uri=data.strip(), output_uri=(output or "").strip())
+
+
+def cluster_predict_config(
+    config_path: str | Path, overrides: Iterable[str], namespace: str | None, scoring: BatchScoring
+) -> tuple[RunConfig, list[str]]:
+    """`cluster_run_config` for the batch-scoring pipeline: the resolved config, and notes for the user;
+    raise ConfigError if the predict step's pod couldn't reach the model, the rows or the output."""
+    config = load_config(config_path, list(overrides))
+    if namespace:
+        config.cluster.namespace = namespace
+    notes = []
+    problems = scoring_reachability_problems(scoring)
+    tracking_uri = config.tracking.tracking_uri
+    if scoring.model.startswith(REGISTRY_PREFIX):
+        if tracking_uri and not tracking_uri.startswith(("http://", "https://", "databricks")):
+            problems.append(
+                f"{config_path}: tracking.tracking_uri: {tracking_uri!r} is a store on this machine that the pipeline's "
+                f"pods can't reach to look up --model {scoring.model}; set an MLflow server URL (e.g. "
+                "http://mlflow.kubetune:5000)"
+            )
+        elif not tracking_uri:
+            notes.append(
+                f"tracking.tracking_uri is unset: the predict step finds --model {scoring.model} only if its pod has "
+                "$MLFLOW_TRACKING_URI; set tracking.tracking_uri to your server (e.g. http://mlflow.kubetune:5000)"
+            )
+    if problems:
+        raise ConfigError(problems)
+    return config, notes
+
+
+def scoring_reachability_problems(scoring: BatchScoring) -> list[str]:
+    """What the predict step's pod could not reach: a local model folder, local rows, a local output."""
+    problems = []
+    model = scoring.model
+    if not (model.startswith(REGISTRY_PREFIX) or storage.is_remote(model)):
+        problems.append(
+            f"--model: {model!r} is neither in object storage nor an MLflow registry reference, so the pipeline's pods "
+            "can't read it; upload the model/ folder and pass --model s3://bucket/runs/<run id>/train/model, or "
+            "pass --model models:/<name>@champion"
+        )
+    if not (storage.is_remote(scoring.data_uri) or scoring.data_uri.startswith("demo://")):
+        problems.append(
+            f"--data: {scoring.data_uri!r} is not in object storage, so the pipeline's pods can't read it; upload it "
+            "(e.g. `aws s3 cp`) and pass --data s3://bucket/key (or minio://)"
+        )
+    if scoring.output_uri and not storage.is_remote(scoring.output_uri):
+        problems.append(
+            f"--output: {scoring.output_uri!r} is not in object storage, so the pipeline's pods can't write it; pass "
+            "--output s3://bucket/predictions/{run_id}.parquet, or leave it out: the predictions are the run's artifact"
+        )
+    return problems
+
+
 def experiment_name(config: RunConfig, experiment: str | None = None) -> str:
     """--experiment, else cluster.experiment, else the MLflow experiment's name."""
     return experiment or config.cluster.experiment or config.tracking.experiment_name
 
 
-def pipeline_arguments(config: RunConfig) -> dict[str, Any]:
-    """The run's pipeline parameters: the resolved config as YAML text; the other parameters keep their
-    defaults ("as in the config"), and an empty `run_id` makes the KFP run id the kubetune run id."""
-    return {"config": config.to_yaml()}
+def pipeline_arguments(config: RunConfig, scoring: BatchScoring | None = None) -> dict[str, Any]:
+    """The run's pipeline parameters: the resolved config as YAML text; the training pipeline's other
+    parameters keep their defaults ("as in the config"), and an empty `run_id` makes the KFP run id the
+    kubetune run id. The batch-scoring pipeline also gets what it scores."""
+    arguments: dict[str, Any] = {"config": config.to_yaml()}
+    if scoring is not None:
+        arguments.update(model=scoring.model, data_uri=scoring.data_uri, output_uri=scoring.output_uri)
+    return arguments
 
 
-def default_run_name(config_path: str | Path) -> str:
-    return f"{Path(str(config_path)).stem} {time.strftime('%Y-%m-%d %H:%M:%S')}"
+def default_run_name(config_path: str | Path, scoring: BatchScoring | None = None) -> str:
+    kind = " predict" if scoring is not None else ""
+    return f"{Path(str(config_path)).stem}{kind} {time.strftime('%Y-%m-%d %H:%M:%S')}"
 
 
 # -------------------------------------------------------------------------------------- the server
@@ -252,17 +349,20 @@ def _kfp_prints_hidden() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def compiled_pipeline(config: RunConfig, enable_caching: bool | None = None) -> Iterator[Path]:
-    """The kubetune pipeline compiled with this config's cluster section, in a temporary folder.
+def compiled_pipeline(
+    config: RunConfig, enable_caching: bool | None = None, scoring: BatchScoring | None = None
+) -> Iterator[Path]:
+    """The kubetune pipeline (with `scoring`: the batch-scoring pipeline) compiled with this config's
+    cluster section, in a temporary folder.
 
     `enable_caching` (None: as compiled) is set on every task here: the KFP client sets it on the
     top-level tasks only, and the steps are inside the exit handler's group.
     """
-    from kubetune.pipeline.compile import PIPELINE_FILE, compile_all
+    from kubetune.pipeline.compile import PIPELINE_FILE, PREDICT_PIPELINE_FILE, compile_all
 
     with tempfile.TemporaryDirectory(prefix="kubetune-pipeline-") as scratch:
         compile_all(scratch, config.cluster)
-        path = Path(scratch) / PIPELINE_FILE
+        path = Path(scratch) / (PREDICT_PIPELINE_FILE if scoring is not None else PIPELINE_FILE)
         if enable_caching is not None:
             import yaml
 
@@ -294,16 +394,18 @@ def submit(
     run_name: str,
     experiment: str | None = None,
     enable_caching: bool | None = None,
+    scoring: BatchScoring | None = None,
 ) -> SubmittedRun:
-    """Create one run of the kubetune pipeline in the experiment (created when missing)."""
+    """Create one run of the kubetune pipeline (with `scoring`: of the batch-scoring pipeline) in the
+    experiment (created when missing)."""
     experiment = experiment_name(config, experiment)
-    with compiled_pipeline(config, enable_caching) as package, server_errors(server.host), _kfp_prints_hidden():
+    with compiled_pipeline(config, enable_caching, scoring) as package, server_errors(server.host), _kfp_prints_hidden():
         found = server.client.create_experiment(name=experiment, namespace=config.cluster.namespace)
         run = server.client.run_pipeline(
             experiment_id=found.experiment_id,
             job_name=run_name,
             pipeline_package_path=str(package),
-            params=pipeline_arguments(config),
+            params=pipeline_arguments(config, scoring),
             enable_caching=enable_caching,
             service_account=config.cluster.service_account,
         )
@@ -313,10 +415,12 @@ def submit(
     )
 
 
-def follow_commands(server: KfpServer, config: RunConfig, run_id: str) -> list[tuple[str, str]]:
-    """(what, command) pairs that show how to follow a run: its status, and its PyTorchJob."""
+def follow_commands(
+    server: KfpServer, config: RunConfig, run_id: str, scoring: BatchScoring | None = None
+) -> list[tuple[str, str]]:
+    """(what, command) pairs that show how to follow a run: its status, and its PyTorchJob (a training run's)."""
     commands = [("status", f"kubetune status {run_id} --host {server.host} --watch")]
-    if config.cluster.launcher == "pytorchjob":
+    if scoring is None and config.cluster.launcher == "pytorchjob":
         commands.append(("training job", kubectl_hint(config.cluster.namespace, run_id)))
     return commands
 
@@ -494,22 +598,25 @@ def schedule(
     name: str,
     experiment: str | None = None,
     enable_caching: bool | None = None,
+    scoring: BatchScoring | None = None,
 ) -> ScheduledRun:
-    """Create a recurring run of the kubetune pipeline in the experiment (created when missing)."""
+    """Create a recurring run of the kubetune pipeline (with `scoring`: of the batch-scoring pipeline) in the
+    experiment (created when missing)."""
     experiment = experiment_name(config, experiment)
-    with compiled_pipeline(config, enable_caching) as package, server_errors(server.host), _kfp_prints_hidden():
+    what = "kubetune batch scoring" if scoring is not None else "kubetune pipeline"
+    with compiled_pipeline(config, enable_caching, scoring) as package, server_errors(server.host), _kfp_prints_hidden():
         found = server.client.create_experiment(name=experiment, namespace=config.cluster.namespace)
         recurring = server.client.create_recurring_run(
             experiment_id=found.experiment_id,
             job_name=name,
-            description=f"kubetune pipeline, {when.describe()}",
+            description=f"{what}, {when.describe()}",
             start_time=when.start_time,
             end_time=when.end_time,
             interval_second=when.interval_seconds,
             cron_expression=when.cron,
             max_concurrency=when.max_concurrency,
             no_catchup=not when.catchup,
-            params=pipeline_arguments(config),
+            params=pipeline_arguments(config, scoring),
             pipeline_package_path=str(package),
             enable_caching=enable_caching,
             service_account=config.cluster.service_account,
@@ -555,6 +662,11 @@ class RunStatus:
         `run_id` parameter was set."""
         return str(self.parameters.get("run_id") or "") or self.run_id
 
+    @property
+    def is_batch_scoring(self) -> bool:
+        """A run of the batch-scoring pipeline: only it takes a `model` parameter."""
+        return is_batch_scoring(self.parameters)
+
     def states(self) -> tuple[str, ...]:
         return (self.state, *(step.state for step in self.steps))
 
@@ -574,8 +686,9 @@ def run_status(server: KfpServer, run_id: str) -> RunStatus:
                 ) from None
             raise
     tasks = (run.run_details.task_details if run.run_details else None) or []
+    parameters = dict(run.runtime_config.parameters or {}) if run.runtime_config else {}
     steps = []
-    for step in STEPS:
+    for step in PREDICT_STEPS if is_batch_scoring(parameters) else STEPS:
         # A retried step appears once per attempt: the newest attempt is the step's state.
         attempts = sorted(
             (task for task in tasks if task.display_name == step),
@@ -588,11 +701,14 @@ def run_status(server: KfpServer, run_id: str) -> RunStatus:
         steps.append(StepStatus(
             step, task.state or "PENDING", _time(task.start_time), _time(task.end_time), _error_text(task.error),
         ))
-    parameters = dict(run.runtime_config.parameters or {}) if run.runtime_config else {}
     return RunStatus(
         run_id=run.run_id, name=run.display_name or "", state=run.state or "PENDING", created=_time(run.created_at),
         finished=_time(run.finished_at), error=_error_text(run.error), steps=tuple(steps), parameters=parameters,
     )
+
+
+def is_batch_scoring(parameters: Mapping[str, Any]) -> bool:
+    return "model" in parameters
 
 
 def follow_run(
@@ -686,7 +802,7 @@ def mlflow_run_url(config: RunConfig, kubetune_run_id: str) -> str | None:
 def status_report(server: KfpServer, status: RunStatus) -> str:
     """`format_status` with the run's config and MLflow link looked up."""
     config = run_config(status)
-    mlflow_url = mlflow_run_url(config, status.kubetune_run_id) if config else None
+    mlflow_url = mlflow_run_url(config, status.kubetune_run_id) if config and not status.is_batch_scoring else None
     return format_status(server, status, config, mlflow_url)
 
 
@@ -720,6 +836,14 @@ def format_status(
         lines.append("")
         lines += [f"error     {name}: {error}" for name, error in failures]
     lines.append("")
+    if status.is_batch_scoring:  # no MLflow run and no PyTorchJob: what it scored, and where the predictions went
+        output = str(status.parameters.get("output_uri") or "")
+        lines += [
+            f"model     {status.parameters.get('model') or ''}".rstrip(),
+            f"data      {status.parameters.get('data_uri') or ''}".rstrip(),
+            f"output    {output.replace('{run_id}', status.run_id) + ' and ' if output else ''}the run's predictions artifact",
+        ]
+        return "\n".join(lines)
     tag = f"{RUN_ID_TAG}={status.kubetune_run_id}"
     if mlflow_url:
         lines.append(f"MLflow    {mlflow_url}  (tag {tag})")

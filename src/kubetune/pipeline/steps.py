@@ -263,3 +263,88 @@ def evaluate_step(config: str, model_path: str, data_path: str, output_path: str
     resolved = config_from_yaml_text(config, "run config")
     return evaluate(resolved, model_uri=model_path, data_uri=data_path, output_uri=output_path,
                     mlflow_run_id=mlflow_run_id or None)
+
+
+# --------------------------------------------------------------------------------- batch scoring
+# In the predict pipeline's `output_uri`, replaced by the run id: a schedule's runs each write their own file.
+RUN_ID_PLACEHOLDER = "{run_id}"
+# kubetune.inference names its arguments as `kubetune predict` does; the step's messages name the pipeline's
+# parameters instead.
+PARAMETER_OF_OPTION = {"--model": "model", "--data": "data_uri", "--output": "output_uri"}
+
+
+def predict_step(
+    config: str,
+    overrides: list[str],
+    model: str,
+    data_uri: str,
+    output_uri: str,
+    run_id: str,
+    predictions_path: str,
+    summary_path: str,
+    predictions_uri: str = "",
+) -> dict[str, Any]:
+    """Score the rows at `data_uri` with `model`: the predictions Parquet at `predictions_path` (the step's
+    artifact, whose URI is `predictions_uri`) and, when `output_uri` is given, published there too; the
+    Markdown summary at `summary_path`.
+
+    Returns the summary as a dict (the artifact's metadata).
+    """
+    import dataclasses
+
+    from kubetune import storage
+    from kubetune.inference import predict_file
+
+    resolved = resolve_run_config(config, overrides)
+    model, data_uri = model.strip(), data_uri.strip()
+    output_uri = output_uri.strip().replace(RUN_ID_PLACEHOLDER, run_id)
+    with _named_as_pipeline_parameters():
+        check_predict_inputs(resolved, model, data_uri, output_uri)
+        summary = predict_file(model, data_uri, predictions_path, resolved)
+    # The summary names the artifact by its URI, not by the path it has inside this pod.
+    summary = dataclasses.replace(summary, output=predictions_uri or predictions_path)
+    markdown = summary.to_markdown()
+    if output_uri:
+        storage.publish_file(predictions_path, output_uri, resolved.storage)
+        markdown += f"\nPredictions also written to `{output_uri}`.\n"
+        print(f"predictions written to {output_uri}", flush=True)
+    Path(summary_path).write_text(markdown)
+    return summary.to_dict()
+
+
+def check_predict_inputs(config: RunConfig, model: str, data_uri: str, output_uri: str) -> None:
+    """The predict step's parameters, checked before the model is loaded or any output is touched
+    (predict_file checks the model reference itself)."""
+    from kubetune import storage
+    from kubetune.data.load import check_exists
+    from kubetune.inference import check_predictions_output
+
+    if not model:
+        raise KubetuneError(
+            "model: no model given; set the `model` pipeline parameter to a train output's model/ folder "
+            "(s3://bucket/runs/<run id>/train/model) or a registry reference (models:/<name>@champion)"
+        )
+    if not data_uri:
+        raise KubetuneError("data_uri: no rows to score given; set the `data_uri` pipeline parameter (s3://bucket/new-lines.parquet)")
+    problem = storage.unsupported_scheme(data_uri, also=("demo",))
+    if problem:
+        raise KubetuneError(f"data_uri: {problem}")
+    check_exists(data_uri, "data_uri", config.storage)
+    if output_uri:
+        check_predictions_output(output_uri, config.storage)
+
+
+@contextlib.contextmanager
+def _named_as_pipeline_parameters() -> Iterator[None]:
+    """A one-line error that starts with a `kubetune predict` option starts with the parameter's name instead."""
+    from kubetune.errors import DataError
+
+    try:
+        yield
+    except (KubetuneError, DataError) as error:
+        message = str(error)
+        renamed = next((parameter + message[len(option):] for option, parameter in PARAMETER_OF_OPTION.items()
+                        if message.startswith((f"{option}:", f"{option} "))), None)
+        if renamed is None or type(error) not in (KubetuneError, DataError):
+            raise
+        raise type(error)(renamed) from None
