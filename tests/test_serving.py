@@ -110,6 +110,25 @@ def test_the_registered_model_predicts_as_the_folder_does(logged: dict, tmp_path
         pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "folder.parquet"), pd.read_parquet(tmp_path / "registry.parquet"))
 
 
+def test_without_a_tracking_uri_the_registry_is_the_local_runs_store(logged: dict, tmp_path: Path, monkeypatch):
+    """After `kubetune run` here, models:/... means the store it keeps under storage.runs_uri (runs/mlflow.db)."""
+    from kubetune.config import validate_config
+    from kubetune.errors import KubetuneError
+    from kubetune.inference import predict_file
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    reference = f"models:/{REGISTERED}@champion"
+    config = validate_config({"storage": {"runs_uri": str(logged["root"])}})  # the fixture's store: <root>/mlflow.db
+    predict_file(reference, str(logged["ledger"]), str(tmp_path / "registry.parquet"), config)
+    predict_file(str(logged["model_dir"]), str(logged["ledger"]), str(tmp_path / "folder.parquet"), config)
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "folder.parquet"), pd.read_parquet(tmp_path / "registry.parquet"))
+
+    elsewhere = validate_config({"storage": {"runs_uri": str(tmp_path / "no-runs-here")}})
+    with pytest.raises(KubetuneError, match=r"^--model: models:/.*no tracking URI is set.*runs_uri>/mlflow.db: none there"):
+        predict_file(reference, str(logged["ledger"]), str(tmp_path / "none.parquet"), elsewhere)
+    assert not (tmp_path / "none.parquet").exists()
+
+
 @pytest.mark.parametrize("reference", [f"models:/{REGISTERED}@retired", f"models:/{REGISTERED}/7", "models:/nobody/1"])
 def test_a_registry_reference_that_does_not_exist_names_it(logged: dict, reference: str):
     from kubetune.errors import KubetuneError

@@ -182,7 +182,8 @@ def _download_registered_model(reference: str, scratch: Path, tracking_uri: str 
     name, alias, version = _registry_reference(reference)
     if not tracking_uri:
         raise KubetuneError(f"--model: {reference} is in an MLflow registry but no tracking URI is set; set "
-                            "tracking.tracking_uri or $MLFLOW_TRACKING_URI")
+                            "tracking.tracking_uri or $MLFLOW_TRACKING_URI (local `kubetune run`s keep theirs in "
+                            "<storage.runs_uri>/mlflow.db: none there)")
     client = tracking.client_for(tracking_uri)
     try:
         found = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
@@ -469,7 +470,7 @@ def predict_file(model: str, data: str, output: str, config: RunConfig) -> Predi
     from kubetune.data.load import load_table
 
     check_predictions_output(output, config.storage)
-    predictor = Predictor.load(model, storage=config.storage, tracking_uri=tracking.tracking_uri(config))
+    predictor = Predictor.load(model, storage=config.storage, tracking_uri=tracking.tracking_uri_or_local_store(config))
     label_column = predictor.label_column
     frame = load_table(data, "--data", config.predict.format, config.storage, text_columns=[label_column])
     predictor.check_columns(frame, f"--data {data}")

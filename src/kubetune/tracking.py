@@ -17,8 +17,10 @@ import logging
 import os
 import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from kubetune import storage
 from kubetune.config import RunConfig
 
 if TYPE_CHECKING:
@@ -39,6 +41,24 @@ LOG_BATCH = 100  # MLflow's limit of params (and a sane number of metrics) per l
 def tracking_uri(config: RunConfig) -> str | None:
     """The MLflow tracking URI of a run: the config's, else $MLFLOW_TRACKING_URI, else None."""
     return config.tracking.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or None
+
+
+LOCAL_STORE_FILE = "mlflow.db"  # `kubetune run`'s MLflow store (and registry) when none is configured: <runs_uri>/mlflow.db
+
+
+def local_store_uri(runs_dir: str | Path) -> str:
+    """The SQLite store `kubetune run` keeps under its runs folder when no tracking URI is configured."""
+    return f"sqlite:///{Path(runs_dir).expanduser().resolve() / LOCAL_STORE_FILE}"
+
+
+def tracking_uri_or_local_store(config: RunConfig) -> str | None:
+    """The configured tracking URI, else the store of local `kubetune run`s when one exists under
+    storage.runs_uri: what `kubetune predict` and `kubetune promote` on this machine mean by models:/..."""
+    configured = tracking_uri(config)
+    if configured or storage.is_remote(config.storage.runs_uri):
+        return configured
+    store = Path(config.storage.runs_uri).expanduser() / LOCAL_STORE_FILE
+    return local_store_uri(store.parent) if store.is_file() else None
 
 
 def quick_failing_client_env() -> None:

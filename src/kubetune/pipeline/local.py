@@ -231,8 +231,9 @@ def _local_tracking(config: RunConfig, runs_dir: Path) -> str | None:
     configured = config.tracking.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     if configured:
         return configured
-    uri = f"sqlite:///{runs_dir / 'mlflow.db'}"
-    from kubetune.tracking import client_for, experiment_id_for
+    from kubetune.tracking import client_for, experiment_id_for, local_store_uri
+
+    uri = local_store_uri(runs_dir)
 
     # Artifacts beside the database, not in ./mlruns of whatever directory a step runs in.
     experiment_id_for(client_for(uri), config.tracking.experiment_name, (runs_dir / "mlartifacts").as_uri())
