@@ -96,7 +96,7 @@ def job_state(kind: JobKind, job: dict) -> tuple[str | None, str]:
 
 
 def progress(job: dict) -> str:
-    """The trainer's own progress report on a TrainJob (Trainer's TrainJobStatus feature), or ""."""
+    """The trainer's own progress report on a TrainJob (transformers' KubeflowCallback, feature gate TrainJobRuntimeStatus), or ""."""
     trainer = (job.get("status") or {}).get("trainerStatus") or {}
     parts = []
     if trainer.get("progressPercentage") is not None:
