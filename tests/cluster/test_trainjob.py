@@ -176,7 +176,9 @@ def test_empty_hostfile_is_one_clear_error(tmp_path):
 
 def test_ranks_started_by_mpirun_are_ranks_to_kubetune(monkeypatch):
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
-        monkeypatch.delenv(name, raising=False)
+        # set, then removed: monkeypatch then also removes what adopt_mpi_environment sets, after the test
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
     monkeypatch.setenv("OMPI_COMM_WORLD_RANK", "5")
     monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "8")
     monkeypatch.setenv("OMPI_COMM_WORLD_LOCAL_RANK", "1")
