@@ -30,6 +30,7 @@ COMMANDS: dict[str, str] = {
     "submit": "submit",
     "schedule": "schedule",
     "status": "status",
+    "job": "job",
 }
 
 

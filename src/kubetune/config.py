@@ -454,10 +454,18 @@ class Toleration(Section):
 
 
 class ClusterConfig(Section):
-    launcher: Literal["local", "pytorchjob"] = Field(
-        "local", description="How the train step runs: `local` (torchrun here) or `pytorchjob` (Kubeflow Training Operator)."
+    launcher: Literal["local", "pytorchjob", "trainjob"] = Field(
+        "local",
+        description="How the train step runs: `local` (torchrun here), `pytorchjob` (a PyTorchJob of the Kubeflow "
+        "Training Operator v1) or `trainjob` (a TrainJob of Kubeflow Trainer v2.3.0).",
     )
-    namespace: str = Field("kubeflow", description="Kubernetes namespace of the PyTorchJob.")
+    runtime: Literal["torch-distributed", "deepspeed-distributed"] = Field(
+        "torch-distributed",
+        description="With `launcher: trainjob`: the ClusterTrainingRuntime the TrainJob names. `torch-distributed` "
+        "runs kubetune's torchrun on every node; `deepspeed-distributed` starts the trainer with mpirun over the "
+        "runtime's hostfile (needs `image` with OpenMPI and sshd, see docs/kubernetes.md).",
+    )
+    namespace: str = Field("kubeflow", description="Kubernetes namespace of the training job (PyTorchJob or TrainJob).")
     image: str | None = Field(None, description="Trainer image; unset: the kubetune trainer image of this release.")
     workers: int = Field(1, ge=1, description="Pods (nodes) of the training job: one Master plus workers-1 Workers.")
     gpus_per_worker: int = Field(
@@ -475,7 +483,11 @@ class ClusterConfig(Section):
     mlflow_secret: str | None = Field(
         None, description="Secret with MLFLOW_TRACKING_USERNAME/PASSWORD or MLFLOW_TRACKING_TOKEN, when the server needs them."
     )
-    backoff_limit: int = Field(3, ge=0, description="Pod restarts before the job fails.")
+    backoff_limit: int = Field(
+        3, ge=0,
+        description="Restarts before the job fails: the PyTorchJob's runPolicy.backoffLimit; for a TrainJob, the "
+        "restarts its runtime's JobSet must allow (failurePolicy.maxRestarts, checked before submitting).",
+    )
     termination_grace_period_seconds: int = Field(
         120,
         ge=30,

@@ -20,6 +20,26 @@ def _env_int(*names: str, default: int) -> int:
     return default
 
 
+# Open MPI's names for a rank's place (mpirun under the TrainJob's deepspeed-distributed runtime).
+_MPI_NAMES = {
+    "RANK": "OMPI_COMM_WORLD_RANK",
+    "WORLD_SIZE": "OMPI_COMM_WORLD_SIZE",
+    "LOCAL_RANK": "OMPI_COMM_WORLD_LOCAL_RANK",
+    "LOCAL_WORLD_SIZE": "OMPI_COMM_WORLD_LOCAL_SIZE",
+}
+
+
+def adopt_mpi_environment() -> None:
+    """Under mpirun, set RANK / WORLD_SIZE / LOCAL_RANK / LOCAL_WORLD_SIZE from Open MPI's variables, so
+    that torch.distributed (env://), DeepSpeed and every `is_main_process()` see a rank the way torchrun
+    describes it. A variable already set (torchrun's) is left alone."""
+    if "OMPI_COMM_WORLD_RANK" not in os.environ:
+        return
+    for name, mpi_name in _MPI_NAMES.items():
+        if mpi_name in os.environ:
+            os.environ.setdefault(name, os.environ[mpi_name])
+
+
 def rank() -> int:
     """Global rank of this process (0 when not distributed)."""
     return _env_int("RANK", default=0)

@@ -1,9 +1,11 @@
 """Servers the cluster tests start on 127.0.0.1: a fake Kubernetes API and a faulty proxy in front of S3.
 
-FakeKubernetes speaks the REST paths the PyTorchJob launcher uses (create/get/delete PyTorchJob,
-list pods, read a pod's log, streamed or not) and records every request. Each GET of a job answers
-the next state of `phases`; the master's log is streamed with kubelet-style timestamps, and the first
-streamed connection can be cut mid-line to exercise reconnection.
+FakeKubernetes speaks the REST paths the pytorchjob and trainjob launchers use (create/get/list/delete
+the job, get a ClusterTrainingRuntime, list pods, read a pod's log, streamed or not) for one job kind
+(`kind`: "pytorchjob" or "trainjob") and records every request. Each GET of a job answers the next
+state of `phases` ("Created", "Running", "Succeeded", "Failed"), as that kind's conditions; the lead
+pod (a PyTorchJob's master, a TrainJob's JobSet-labelled node 0) has its log streamed with kubelet-style
+timestamps, and the first streamed connection can be cut mid-line to exercise reconnection.
 """
 
 from __future__ import annotations
@@ -20,7 +22,14 @@ from urllib.parse import parse_qs, urlsplit
 
 import yaml
 
-JOBS_PATH = "/apis/kubeflow.org/v1/namespaces/{ns}/pytorchjobs"
+JOBS_PATHS = {
+    "pytorchjob": "/apis/kubeflow.org/v1/namespaces/{ns}/pytorchjobs",
+    "trainjob": "/apis/trainer.kubeflow.org/v1alpha1/namespaces/{ns}/trainjobs",
+}
+RUNTIMES_PATH = "/apis/trainer.kubeflow.org/v1alpha1/clustertrainingruntimes"
+RESOURCES = {"pytorchjob": "pytorchjobs.kubeflow.org", "trainjob": "trainjobs.trainer.kubeflow.org"}
+# What a Trainer's runtime says about restarts (kubetune reads it before submitting a TrainJob).
+RESTARTING_RUNTIME = {"spec": {"template": {"spec": {"failurePolicy": {"maxRestarts": 3}}}}}
 
 
 @dataclass
@@ -97,10 +106,14 @@ def _status(code: int, reason: str, message: str) -> dict:
 @dataclass
 class FakeKubernetes:
     namespace: str = "kubeflow"
+    kind: str = "pytorchjob"
     phases: list[str] = field(default_factory=lambda: ["Running"])
     master_log: list[tuple[str, str]] = field(default_factory=list)  # (RFC 3339 timestamp, message)
     drop_first_stream_after: int | None = None  # cut the first streamed log connection after N lines
     failure_message: str = "PyTorchJob has failed because 1 Master replica(s) failed."
+    trainer_status: dict | None = None  # a TrainJob's status.trainerStatus while it runs
+    runtimes: dict[str, dict] = field(default_factory=lambda: {
+        name: RESTARTING_RUNTIME for name in ("torch-distributed", "deepspeed-distributed")})
     pod_phase: str = "Running"
     requests: list[Request] = field(default_factory=list)
     jobs: dict[str, dict] = field(default_factory=dict)
@@ -167,11 +180,24 @@ class FakeKubernetes:
         return self.terminal_get is not None or self._stopping.is_set()
 
     # ----------------------------------------------------------------------------------- handlers
+    @property
+    def jobs_path(self) -> str:
+        return JOBS_PATHS[self.kind].format(ns=self.namespace)
+
     def handle(self, handler: _Handler, request: Request) -> None:
-        jobs = JOBS_PATH.format(ns=self.namespace)
+        jobs = self.jobs_path
         pods = f"/api/v1/namespaces/{self.namespace}/pods"
         if request.path == jobs and request.method == "POST":
             return self._create(handler, json.loads(request.body))
+        if request.path == jobs and request.method == "GET":
+            return self._list_jobs(handler, request.query.get("labelSelector", ""))
+        if request.path.startswith(RUNTIMES_PATH + "/") and request.method == "GET":
+            name = request.path[len(RUNTIMES_PATH) + 1 :]
+            if name in self.runtimes:
+                return handler.send_json(200, {"apiVersion": "trainer.kubeflow.org/v1alpha1",
+                                               "kind": "ClusterTrainingRuntime", "metadata": {"name": name},
+                                               **self.runtimes[name]})
+            return handler.send_json(404, _status(404, "NotFound", f'clustertrainingruntimes.trainer.kubeflow.org "{name}" not found'))
         if request.path.startswith(jobs + "/"):
             name = request.path[len(jobs) + 1 :]
             if request.method == "GET":
@@ -188,12 +214,14 @@ class FakeKubernetes:
         name = job["metadata"]["name"]
         with self._lock:
             if name in self.jobs:
-                return handler.send_json(409, _status(409, "AlreadyExists", f'pytorchjobs.kubeflow.org "{name}" already exists'))
+                return handler.send_json(409, _status(409, "AlreadyExists", f'{RESOURCES[self.kind]} "{name}" already exists'))
             job = {**job, "metadata": {**job["metadata"], "uid": f"uid-{name}", "creationTimestamp": "2025-01-01T00:00:00Z"}}
             self.jobs[name] = job
         handler.send_json(201, job)
 
     def _conditions(self, phase: str) -> list[dict]:
+        if self.kind == "trainjob":
+            return self._trainjob_conditions(phase)
         conditions = [{"type": "Created", "status": "True", "reason": "PyTorchJobCreated"}]
         if phase == "Created":
             return conditions
@@ -207,29 +235,65 @@ class FakeKubernetes:
         with self._lock:
             job = self.jobs.get(name)
             if job is None:
-                return handler.send_json(404, _status(404, "NotFound", f'pytorchjobs.kubeflow.org "{name}" not found'))
+                return handler.send_json(404, _status(404, "NotFound", f'{RESOURCES[self.kind]} "{name}" not found'))
             phase = self.phases[min(self.job_gets, len(self.phases) - 1)]
             if phase in ("Succeeded", "Failed") and self.terminal_get is None:
                 self.terminal_get = self.job_gets
             self.job_gets += 1
-            answer = {**job, "status": {"conditions": self._conditions(phase)}}
+            answer = {**job, "status": self._status(phase)}
         handler.send_json(200, answer)
+
+    def _status(self, phase: str) -> dict:
+        status = {"conditions": self._conditions(phase)}
+        if self.kind == "trainjob" and self.trainer_status is not None and phase == "Running":
+            status["trainerStatus"] = self.trainer_status
+        return status
+
+    def _trainjob_conditions(self, phase: str) -> list[dict]:
+        """Kubeflow Trainer v2's metav1.Conditions: Created, then Complete or Failed (from the JobSet's)."""
+        conditions = [{"type": "Created", "status": "True", "reason": "JobsCreationSucceeded",
+                       "message": "succeeded to create Jobs", "lastTransitionTime": "2025-01-01T00:00:00Z"}]
+        if phase == "Succeeded":
+            conditions.append({"type": "Complete", "status": "True", "reason": "JobSetCompleted",
+                               "message": "jobset completed", "lastTransitionTime": "2025-01-01T00:10:00Z"})
+        if phase == "Failed":
+            conditions.append({"type": "Failed", "status": "True", "reason": "JobSetFailed",
+                               "message": self.failure_message, "lastTransitionTime": "2025-01-01T00:10:00Z"})
+        return conditions
+
+    def _list_jobs(self, handler: _Handler, selector: str) -> None:
+        wanted = dict(part.split("=", 1) for part in selector.split(",") if "=" in part)
+        with self._lock:
+            phase = self.phases[min(self.job_gets, len(self.phases) - 1)]
+            items = [{**job, "status": self._status(phase)} for job in self.jobs.values()
+                     if wanted.items() <= (job["metadata"].get("labels") or {}).items()]
+        handler.send_json(200, {"kind": "List", "apiVersion": "v1", "metadata": {}, "items": items})
 
     def _delete(self, handler: _Handler, name: str) -> None:
         with self._lock:
             job = self.jobs.pop(name, None)
         if job is None:
-            return handler.send_json(404, _status(404, "NotFound", f'pytorchjobs.kubeflow.org "{name}" not found'))
+            return handler.send_json(404, _status(404, "NotFound", f'{RESOURCES[self.kind]} "{name}" not found'))
         handler.send_json(200, {"kind": "Status", "apiVersion": "v1", "status": "Success"})
 
     def _list_pods(self, handler: _Handler, selector: str) -> None:
         wanted = dict(part.split("=", 1) for part in selector.split(",") if "=" in part)
         items = []
-        name = wanted.get("training.kubeflow.org/job-name")
-        if name in self.jobs and wanted.get("training.kubeflow.org/job-role", "master") == "master":
+        if self.kind == "trainjob":
+            # The JobSet's labels on node 0 of the trainer step (the runtime's `node` replicated job).
+            name = wanted.get("jobset.sigs.k8s.io/jobset-name")
+            lead = {"jobset.sigs.k8s.io/jobset-name": name, "trainer.kubeflow.org/trainjob-ancestor-step": "trainer",
+                    "jobset.sigs.k8s.io/replicatedjob-name": "node", "jobset.sigs.k8s.io/job-index": "0",
+                    "batch.kubernetes.io/job-completion-index": "0"}
+            pod_name = f"{name}-node-0-0-x7k2p"
+        else:
+            name = wanted.get("training.kubeflow.org/job-name")
+            lead = {"training.kubeflow.org/job-name": name, "training.kubeflow.org/job-role": "master"}
+            pod_name = f"{name}-master-0"
+        if name in self.jobs and wanted.items() <= lead.items():
             items.append({
-                "metadata": {"name": f"{name}-master-0", "namespace": self.namespace,
-                             "creationTimestamp": "2025-01-01T00:00:01Z", "labels": wanted},
+                "metadata": {"name": pod_name, "namespace": self.namespace,
+                             "creationTimestamp": "2025-01-01T00:00:01Z", "labels": lead},
                 "status": {"phase": self.pod_phase},
             })
         handler.send_json(200, {"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": items})

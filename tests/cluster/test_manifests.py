@@ -64,7 +64,8 @@ def test_every_object_is_valid(directory):
     objects = render(directory)
     kinds = sorted(obj["kind"] for obj in objects)
     assert kinds == sorted([
-        "Namespace", "ServiceAccount", "Role", "RoleBinding", "PersistentVolumeClaim", "PersistentVolumeClaim",
+        "Namespace", "ServiceAccount", "Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding",
+        "PersistentVolumeClaim", "PersistentVolumeClaim",
         "Deployment", "Deployment", "Service", "Service", "Job",
         "NetworkPolicy", "NetworkPolicy", "NetworkPolicy", "NetworkPolicy",
     ])
@@ -104,16 +105,26 @@ def test_rbac_is_exactly_what_the_pipeline_uses(dev):
     assert role["metadata"]["namespace"] == default.namespace
     rules = {(group, resource, verb) for rule in role["rules"] for group in rule["apiGroups"]
              for resource in rule["resources"] for verb in rule["verbs"]}
+    # Both operator generations: the pytorchjob and the trainjob launchers (one base, see rbac.yaml).
     assert rules == (
         {("kubeflow.org", "pytorchjobs", verb) for verb in ("create", "get", "list", "watch", "delete")}
+        | {("trainer.kubeflow.org", "trainjobs", verb) for verb in ("create", "get", "list", "watch", "delete")}
         | {("", resource, verb) for resource in ("pods", "pods/log") for verb in ("get", "list")}
     )
     assert all("resourceNames" not in rule for rule in role["rules"])
     (binding,) = by_kind(dev, "RoleBinding").values()
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role["metadata"]["name"]}
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": default.service_account, "namespace": default.namespace}]
+    subject = {"kind": "ServiceAccount", "name": default.service_account, "namespace": default.namespace}
+    assert binding["subjects"] == [subject]
     assert set(by_kind(dev, "ServiceAccount")) == {default.service_account}
-    assert by_kind(dev, "ClusterRole") == {} and by_kind(dev, "ClusterRoleBinding") == {}
+    # The one cluster-wide grant: reading the (cluster-scoped) Trainer runtimes a TrainJob names.
+    (cluster_role,) = by_kind(dev, "ClusterRole").values()
+    assert [(rule["apiGroups"], rule["resources"], rule["verbs"]) for rule in cluster_role["rules"]] == [
+        (["trainer.kubeflow.org"], ["clustertrainingruntimes"], ["get"])]
+    (cluster_binding,) = by_kind(dev, "ClusterRoleBinding").values()
+    assert cluster_binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                                          "name": cluster_role["metadata"]["name"]}
+    assert cluster_binding["subjects"] == [subject]
 
 
 def test_every_pod_runs_unprivileged_with_limits(dev):

@@ -204,3 +204,45 @@ def test_no_secret_reaches_the_server_or_the_terminal(kfp_server, run_yaml, caps
     for text in outputs:
         for secret in CANARIES.values():
             assert secret not in text
+
+
+@pytest.mark.parametrize("launcher", ["trainjob", "pytorchjob"])
+def test_the_training_jobs_state_and_progress_come_from_kubernetes(kfp_server, run_yaml, capsys, tmp_path, monkeypatch, launcher):
+    from kubetune.cluster.jobapi import KINDS
+    from tests.cluster.servers import FakeKubernetes
+
+    kube = FakeKubernetes(namespace="ml-training", kind=launcher).start()
+    try:
+        monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+        monkeypatch.setenv("KUBECONFIG", str(kube.write_kubeconfig(tmp_path / "kubeconfig")))
+        kube.jobs["kubetune-x"] = {"apiVersion": KINDS[launcher].api_version, "kind": KINDS[launcher].kind,
+                                   "metadata": {"name": "kubetune-x", "labels": {"kubetune.io/run-id": RUN_ID}}}
+        kube.jobs["kubetune-other"] = {"metadata": {"name": "kubetune-other", "labels": {"kubetune.io/run-id": "other"}}}
+        kube.phases = ["Running"]
+        kube.trainer_status = {"progressPercentage": 40, "estimatedRemainingSeconds": 600,
+                               "lastUpdatedTime": "2025-06-02T08:30:00Z"}
+        config_text = load_config(run_yaml, [f"cluster.launcher={launcher}"]).to_yaml()
+        add_run(kfp_server, config_text, "RUNNING", [task("train", "RUNNING", "2025-06-02T08:05:00Z")])
+
+        code, out, _ = kubetune(capsys, "status", RUN_ID, "--host", kfp_server.url)
+    finally:
+        kube.stop()
+
+    assert code == 0
+    (listed,) = kube.calls("GET", "/" + KINDS[launcher].plural)
+    assert listed.query["labelSelector"] == f"kubetune.io/run-id={RUN_ID}"
+    state = ("TrainJob ml-training/kubetune-x: Created (JobsCreationSucceeded: succeeded to create Jobs; 40%, about 600 s left)"
+             if launcher == "trainjob" else "PyTorchJob ml-training/kubetune-x: Running (PyTorchJobRunning: PyTorchJob is running.)")
+    assert out.splitlines()[-2:] == [
+        f"job       {state}",
+        f"          kubectl get {launcher}s -n ml-training -l kubetune.io/run-id={RUN_ID}",
+    ]
+
+
+def test_an_unreachable_cluster_leaves_the_kubectl_hint(kfp_server, run_yaml, capsys, tmp_path, monkeypatch):
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "absent"))
+    add_run(kfp_server, load_config(run_yaml, ["cluster.launcher=trainjob"]).to_yaml(), "RUNNING", [])
+    code, out, _ = kubetune(capsys, "status", RUN_ID, "--host", kfp_server.url)
+    assert code == 0
+    assert out.splitlines()[-1] == f"job       kubectl get trainjobs -n ml-training -l kubetune.io/run-id={RUN_ID}"

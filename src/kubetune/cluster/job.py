@@ -93,25 +93,33 @@ def labels(run_id: str, name: str) -> dict[str, str]:
     }
 
 
-def trainer_command(request: TrainRequest) -> list[str]:
+def train_arguments(request: TrainRequest) -> list[str]:
+    """`train --config ... --data ... --output ...`: what every rank runs as `python -m kubetune`."""
     output = storage.normalize_uri(request.output_uri).rstrip("/")
-    # kubetune's torchrun (the same agent and arguments): exit 143 when the kubelet's SIGTERM stopped
-    # training after a checkpoint, 2 and one line for a user error on any rank (not torchrun's exit 1).
     return [
-        "python", "-m", "kubetune.launchers.torchrun", "--module", "kubetune", "train",
+        "train",
         "--config", launch_config_uri(output),
         "--data", storage.normalize_uri(request.data_uri),
         "--output", output,
     ]
 
 
+# kubetune's torchrun (the same agent and arguments): exit 143 when the kubelet's SIGTERM stopped
+# training after a checkpoint, 2 and one line for a user error on any rank (not torchrun's exit 1).
+TORCHRUN = ["python", "-m", "kubetune.launchers.torchrun"]
+
+
+def trainer_command(request: TrainRequest) -> list[str]:
+    return [*TORCHRUN, "--module", "kubetune", *train_arguments(request)]
+
+
 # ------------------------------------------------------------------------------------- validation
 def validate_request(request: TrainRequest) -> None:
-    """Every problem a PyTorchJob would only reveal on the cluster, raised before anything is submitted."""
+    """Every problem a training job would only reveal on the cluster, raised before anything is submitted."""
     cluster = request.config.cluster
     problems: list[str] = []
     if not request.run_id.strip():
-        problems.append("the train step got an empty run id; the PyTorchJob's name and labels are made from it")
+        problems.append("the train step got an empty run id; the training job's name and labels are made from it")
     for key, uri in (("output", request.output_uri), ("data", request.data_uri)):
         if not storage.is_remote(uri):
             problems.append(
@@ -296,12 +304,14 @@ def serialize(job: training_models.KubeflowOrgV1PyTorchJob) -> dict:
     return k8s.ApiClient().sanitize_for_serialization(job)
 
 
-def check_no_secret_values(job: training_models.KubeflowOrgV1PyTorchJob) -> None:
-    """Refuse a spec that holds the value of a credential this process has in its environment."""
-    text = repr(serialize(job))
+def check_no_secret_values(job: training_models.KubeflowOrgV1PyTorchJob | dict) -> None:
+    """Refuse a spec (a PyTorchJob, or any job as a dict) that holds the value of a credential this
+    process has in its environment."""
+    body = job if isinstance(job, dict) else serialize(job)
+    text = repr(body)
     leaked = sorted(name for name in SECRET_ENV_NAMES if len(os.environ.get(name, "")) >= 4 and os.environ[name] in text)
     if leaked:
         raise KubetuneError(
-            f"the PyTorchJob spec would contain the value of {', '.join(leaked)}; pass credentials only through "
-            "the Secrets named by cluster.storage_secret and cluster.mlflow_secret"
+            f"the {body.get('kind', 'job')} spec would contain the value of {', '.join(leaked)}; pass credentials "
+            "only through the Secrets named by cluster.storage_secret and cluster.mlflow_secret"
         )

@@ -33,13 +33,6 @@ def configuration() -> k8s.Configuration:
         where = "the pod's service account" if in_cluster() else f"the kubeconfig ({os.environ.get('KUBECONFIG', '~/.kube/config')})"
         raise KubetuneError(
             f"cannot reach Kubernetes through {where} ({short_reason(exc)}); set KUBECONFIG to a kubeconfig of the cluster "
-            "(cluster.launcher: pytorchjob needs one)"
+            "(cluster.launcher: pytorchjob and trainjob need one)"
         ) from None
     return configuration
-
-
-def training_client(namespace: str):
-    """The kubeflow-training SDK's client for PyTorchJobs in `namespace`."""
-    from kubeflow.training import TrainingClient
-
-    return TrainingClient(client_configuration=configuration(), namespace=namespace)

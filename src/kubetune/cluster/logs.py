@@ -1,4 +1,5 @@
-"""Follow the master pod's log into this process's stdout while the PyTorchJob runs.
+"""Follow the lead pod's log (the PyTorchJob's master, the TrainJob's node 0 or MPI launcher) into
+this process's stdout while the job runs.
 
 The API server's log stream ends whenever the connection drops, the container restarts, or the
 trainer stays quiet longer than the read timeout. Each line is requested with its kubelet
@@ -16,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 
-from kubetune.cluster.job import CONTAINER_NAME
+from kubetune.cluster.jobapi import JobClient
 from kubetune.distributed import print_main
 
 logger = logging.getLogger(__name__)
@@ -38,11 +39,11 @@ def parse_line(raw: str) -> tuple[tuple[str, int] | None, str]:
 
 
 class MasterLogStreamer:
-    """A background thread that prints the master's log lines once each, reconnecting as needed."""
+    """A background thread that prints the lead pod's log lines once each, reconnecting as needed."""
 
     def __init__(
         self,
-        training_client,
+        job_client: JobClient,
         job_name: str,
         namespace: str,
         emit: Callable[[str], None] = print_main,
@@ -50,8 +51,9 @@ class MasterLogStreamer:
         poll_interval: float = 2.0,
         read_timeout: float = 30.0,
     ):
-        self._client = training_client
-        self._core = training_client.core_api
+        self._client = job_client
+        self._core = job_client.core_api
+        self._container = job_client.kind.container
         self.job_name = job_name
         self.namespace = namespace
         self._emit = emit
@@ -102,7 +104,7 @@ class MasterLogStreamer:
             logger.warning("could not read the last log lines of %s: %s", self.pod_name, exc)
 
     def _master_pod(self) -> str | None:
-        pods = self._client.get_job_pods(self.job_name, namespace=self.namespace, is_master=True, timeout=30)
+        pods = self._client.lead_pods(self.job_name)
         started = [p for p in pods if p.status is not None and p.status.phase not in (None, "Pending")]
         if not started:
             return None
@@ -119,7 +121,7 @@ class MasterLogStreamer:
     def _follow(self, pod: str) -> None:
         self.connections += 1
         response = self._core.read_namespaced_pod_log(
-            pod, self.namespace, container=CONTAINER_NAME, follow=True, timestamps=True,
+            pod, self.namespace, container=self._container, follow=True, timestamps=True,
             since_seconds=self._since_seconds(), _preload_content=False, _request_timeout=(10, self._read_timeout),
         )
         try:
@@ -131,7 +133,7 @@ class MasterLogStreamer:
 
     def _read_rest(self) -> None:
         text = self._core.read_namespaced_pod_log(
-            self.pod_name, self.namespace, container=CONTAINER_NAME, timestamps=True,
+            self.pod_name, self.namespace, container=self._container, timestamps=True,
             since_seconds=self._since_seconds(), _request_timeout=(10, self._read_timeout),
         )
         for raw in text.splitlines():

@@ -3,7 +3,7 @@ from __future__ import annotations
 import argparse
 import textwrap
 
-HELP = "Show a pipeline run on a Kubeflow Pipelines server: its state, each step's state and duration, its MLflow run and PyTorchJob."
+HELP = "Show a pipeline run on a Kubeflow Pipelines server: its state, each step's state and duration, its MLflow run and its training job (PyTorchJob or TrainJob: state and progress, when the kubeconfig reaches the cluster)."
 
 EPILOG = textwrap.dedent("""\
     The server: --host, else $KFP_HOST, else $KF_PIPELINES_ENDPOINT; a token from $KF_PIPELINES_TOKEN.

@@ -12,7 +12,8 @@ HELP = ("Start one run of the pipeline (training, or with --pipeline predict bat
 EPILOG = textwrap.dedent("""\
     The config is validated here first: a bad config, or data, outputs or an MLflow store that the
     cluster's pods can't reach, stops with one line per problem (exit 2) and nothing is sent.
-    Training runs in a PyTorchJob (cluster.launcher=pytorchjob) unless the command line says otherwise.
+    Training runs in a PyTorchJob (cluster.launcher=pytorchjob) unless the config or the command line
+    says cluster.launcher=trainjob (a Kubeflow Trainer v2 TrainJob); `kubetune job` prints that job.
 
     The server: --host, else $KFP_HOST, else $KF_PIPELINES_ENDPOINT. A bearer token, when the server
     needs one, comes from $KF_PIPELINES_TOKEN (or KFP's $KF_PIPELINES_SA_TOKEN_PATH inside a cluster);
@@ -77,7 +78,7 @@ def add_server_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", metavar="URL",
                         help="KFP API server, e.g. http://localhost:8080; default: $KFP_HOST, then $KF_PIPELINES_ENDPOINT.")
     parser.add_argument("--namespace", "-n", metavar="NS",
-                        help="Kubernetes namespace of the run and its PyTorchJob (your profile namespace on a "
+                        help="Kubernetes namespace of the run and its training job (your profile namespace on a "
                         "multi-user Kubeflow); default: cluster.namespace of the config.")
     parser.add_argument("--experiment", metavar="NAME",
                         help="KFP experiment (created when missing); default: cluster.experiment, then "

@@ -24,8 +24,11 @@ def run(args: argparse.Namespace) -> int:
     Under torchrun a rank that stops records why (kubetune.launchers.torchrun): that wrapper (the local
     launcher's and the pods' torchrun) then reports the one line itself, so the ranks stay quiet; under
     plain torchrun rank 0 prints it, and torchrun's failure summary shows any rank's line."""
+    from kubetune.distributed import adopt_mpi_environment
     from kubetune.launchers.torchrun import record_rank_outcome, under_wrapper
     from kubetune.train.recipe import TrainingInterrupted, configure_logging, train
+
+    adopt_mpi_environment()  # a rank started by mpirun (kubetune.launchers.mpirun) before anything asks its rank
 
     configure_logging()
     try:

@@ -1,7 +1,8 @@
 """How the train step runs the trainer: a small interface with one implementation per way.
 
 `local` runs `torchrun --nproc_per_node N -m kubetune train ...` as a subprocess on this machine;
-`pytorchjob` submits a Kubeflow Training Operator PyTorchJob and waits for it. The train component
+`pytorchjob` submits a Kubeflow Training Operator (v1) PyTorchJob and waits for it; `trainjob` does the
+same with a Kubeflow Trainer (v2) TrainJob (both in `cluster_job`). The train component
 picks one by name from LAUNCHERS and calls `launch`; it never branches on the kind itself.
 """
 
@@ -29,7 +30,8 @@ class TrainRequest:
 @dataclass(frozen=True)
 class TrainResult:
     output_uri: str  # holds model/ and training_metrics.json
-    job_name: str | None = None  # the PyTorchJob's name (pytorchjob launcher)
+    job_name: str | None = None  # the training job's name (pytorchjob and trainjob launchers)
+    job_kind: str | None = None  # "PyTorchJob" or "TrainJob"
 
 
 class Launcher(Protocol):
@@ -42,6 +44,7 @@ class Launcher(Protocol):
 LAUNCHERS: dict[str, str] = {
     "local": "kubetune.launchers.local:LocalLauncher",
     "pytorchjob": "kubetune.launchers.pytorchjob:PyTorchJobLauncher",
+    "trainjob": "kubetune.launchers.trainjob:TrainJobLauncher",
 }
 
 

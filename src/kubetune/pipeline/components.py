@@ -64,10 +64,10 @@ def tokenize(config: str, data: Input[Dataset], dataset: Output[Dataset], diagno
 def train(
     config: str, data: Input[Dataset], run_id: str, mlflow_run_id: str, model: Output[Model], metrics: Output[Metrics]
 ):
-    """Train through the launcher named by cluster.launcher (local torchrun, or a Kubeflow PyTorchJob)."""
+    """Train through the launcher named by cluster.launcher (local torchrun, a Kubeflow PyTorchJob or TrainJob)."""
     from kubetune.pipeline.steps import run_step, train_step
 
-    # The PyTorchJob's pods read the tokenized data from object storage: hand them its URI, not the mount.
+    # The training job's pods read the tokenized data from object storage: hand them its URI, not the mount.
     final = run_step("train", lambda: train_step(config, data.uri, run_id, mlflow_run_id, model.path),
                      outputs={"model": model.path})
     for name, value in final.items():

@@ -20,7 +20,7 @@ def kubetune_pipeline_for(cluster: ClusterConfig):
     @dsl.pipeline(
         name=PIPELINE_NAME,
         description="Fine-tune a transformer classifier with LoRA and DeepSpeed ZeRO-2: validate, preprocess, "
-        "tokenize, train (PyTorchJob), evaluate.",
+        "tokenize, train (PyTorchJob or TrainJob), evaluate.",
     )
     def kubetune(
         config: str = "",
@@ -44,7 +44,7 @@ def kubetune_pipeline_for(cluster: ClusterConfig):
             learning_rate: Peak learning rate; 0: training.learning_rate of the config.
             workers: Training pods; 0: cluster.workers of the config.
             gpus_per_worker: GPUs per training pod; 0: cluster.gpus_per_worker of the config.
-            launcher: `pytorchjob` or `local`; empty: cluster.launcher of the config.
+            launcher: `pytorchjob`, `trainjob` or `local`; empty: cluster.launcher of the config.
             run_id: Names the run's outputs and MLflow run; empty: the KFP run id.
         """
         # The exit handler runs after the steps whatever happened to them (a failure, a cancellation) and

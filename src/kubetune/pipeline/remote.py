@@ -57,6 +57,10 @@ TOKEN_ENV = "KF_PIPELINES_TOKEN"
 UI_ENV = "KF_PIPELINES_UI_ENDPOINT"
 PORT_FORWARD_HINT = "kubectl port-forward -n kubeflow svc/ml-pipeline-ui 8080:80, then --host http://localhost:8080"
 
+# The launchers that train in a job of their own on the cluster (= kubetune.cluster.jobapi.KINDS, not
+# imported: the kubernetes client, for a CLI check).
+CLUSTER_LAUNCHERS = ("pytorchjob", "trainjob")
+
 # Seconds between two looks at a run that `--wait` / `--watch` follows.
 POLL_SECONDS = 10.0
 FINAL_STATES = frozenset({"SUCCEEDED", "FAILED", "CANCELED", "SKIPPED"})
@@ -70,8 +74,9 @@ def cluster_run_config(
 ) -> tuple[RunConfig, list[str]]:
     """The resolved config of a cluster run, and notes for the user; raise ConfigError if pods can't run it.
 
-    The launcher becomes `pytorchjob` unless the command line sets `cluster.launcher`: a config's
-    `launcher: local` is what `kubetune run` uses on one machine, not a choice for the cluster.
+    A config's `launcher: local` is what `kubetune run` uses on one machine, not a choice for the
+    cluster: it becomes `pytorchjob` unless the command line sets `cluster.launcher` (`trainjob` for a
+    cluster with Kubeflow Trainer v2). A config's `pytorchjob` or `trainjob` is kept.
     """
     overrides = list(overrides)
     config = load_config(config_path, overrides)
@@ -80,10 +85,11 @@ def cluster_run_config(
         config.cluster.namespace = namespace
     cluster_overrides = parse_overrides(overrides).get("cluster")
     launcher_given = isinstance(cluster_overrides, Mapping) and "launcher" in cluster_overrides
-    if not launcher_given and config.cluster.launcher != "pytorchjob":
+    if not launcher_given and config.cluster.launcher not in CLUSTER_LAUNCHERS:
         notes.append(
             f"cluster.launcher: {config.cluster.launcher} in the config is for `kubetune run`; this run trains in a "
-            "PyTorchJob (pass cluster.launcher=local to train inside the train step's pod instead)"
+            "PyTorchJob (pass cluster.launcher=trainjob for a Kubeflow Trainer v2 TrainJob, or cluster.launcher=local "
+            "to train inside the train step's pod)"
         )
         config.cluster.launcher = "pytorchjob"
     problems = reachability_problems(config)
@@ -418,19 +424,44 @@ def submit(
 def follow_commands(
     server: KfpServer, config: RunConfig, run_id: str, scoring: BatchScoring | None = None
 ) -> list[tuple[str, str]]:
-    """(what, command) pairs that show how to follow a run: its status, and its PyTorchJob (a training run's)."""
+    """(what, command) pairs that show how to follow a run: its status, and its training job (a training run's)."""
     commands = [("status", f"kubetune status {run_id} --host {server.host} --watch")]
-    if scoring is None and config.cluster.launcher == "pytorchjob":
-        commands.append(("training job", kubectl_hint(config.cluster.namespace, run_id)))
+    if scoring is None and config.cluster.launcher in CLUSTER_LAUNCHERS:
+        commands.append(("training job", kubectl_hint(config.cluster.namespace, run_id, config.cluster.launcher)))
     return commands
 
 
-def kubectl_hint(namespace: str | None, run_id: str) -> str:
-    """The kubectl command that lists the run's PyTorchJob, by the label the pytorchjob launcher sets."""
+def kubectl_hint(namespace: str | None, run_id: str, launcher: str = "pytorchjob") -> str:
+    """The kubectl command that lists the run's PyTorchJob or TrainJob, by the label both launchers set."""
     from kubetune.cluster.job import RUN_ID_LABEL, run_id_label
 
     where = f"-n {namespace}" if namespace else "--all-namespaces"
-    return f"kubectl get pytorchjobs {where} -l {RUN_ID_LABEL}={run_id_label(run_id)}"
+    return f"kubectl get {launcher}s {where} -l {RUN_ID_LABEL}={run_id_label(run_id)}"
+
+
+def training_job_state(config: RunConfig, run_id: str) -> str | None:
+    """The run's training job as Kubernetes reports it ("TrainJob ns/name: Complete (...; 40%)"), or None
+    when it can't be read from here (no kubeconfig, no access, not created yet)."""
+    from kubetune.cluster import kube
+    from kubetune.cluster.job import RUN_ID_LABEL, run_id_label
+    from kubetune.cluster.jobapi import API_ERRORS, KINDS, JobClient, job_state, progress
+
+    kind = KINDS[config.cluster.launcher]
+    try:
+        configuration = kube.configuration()
+        configuration.retries = 0  # a status report doesn't wait on a server that doesn't answer
+        client = JobClient(kind, config.cluster.namespace, configuration)
+        found = client.list(f"{RUN_ID_LABEL}={run_id_label(run_id)}", timeout=5)
+    except (KubetuneError, *API_ERRORS) as exc:
+        logger.debug("the %s of run %s could not be read: %s", kind.kind, run_id, exc)
+        return None
+    if not found:
+        return None
+    job = found[-1]
+    state, detail = job_state(kind, job)
+    extra = "; ".join(part for part in (detail, progress(job)) if part)
+    return (f"{kind.kind} {config.cluster.namespace}/{job['metadata']['name']}: {state or 'submitted'}"
+            + (f" ({extra})" if extra else ""))
 
 
 # -------------------------------------------------------------------------------------- schedule
@@ -802,15 +833,18 @@ def mlflow_run_url(config: RunConfig, kubetune_run_id: str) -> str | None:
 def status_report(server: KfpServer, status: RunStatus) -> str:
     """`format_status` with the run's config and MLflow link looked up."""
     config = run_config(status)
-    mlflow_url = mlflow_run_url(config, status.kubetune_run_id) if config and not status.is_batch_scoring else None
-    return format_status(server, status, config, mlflow_url)
+    training = config is not None and not status.is_batch_scoring
+    mlflow_url = mlflow_run_url(config, status.kubetune_run_id) if training else None
+    job = training_job_state(config, status.kubetune_run_id) if training and config.cluster.launcher in CLUSTER_LAUNCHERS else None
+    return format_status(server, status, config, mlflow_url, job_state=job)
 
 
 def format_status(
     server: KfpServer, status: RunStatus, config: RunConfig | None, mlflow_url: str | None,
-    now: dt.datetime | None = None,
+    now: dt.datetime | None = None, job_state: str | None = None,
 ) -> str:
-    """The run, a table of its steps (state, start, duration), its MLflow run and its PyTorchJob."""
+    """The run, a table of its steps (state, start, duration), its MLflow run and its training job (its state
+    and progress when Kubernetes could be asked: `job_state`)."""
     now = now or dt.datetime.now(dt.UTC)
     age = ""
     if status.created:
@@ -854,8 +888,13 @@ def format_status(
         )
     else:
         lines.append(f"MLflow    runs tagged {tag}")
-    if config is None or config.cluster.launcher == "pytorchjob":
-        lines.append(f"job       {kubectl_hint(config.cluster.namespace if config else None, status.kubetune_run_id)}")
+    if config is None or config.cluster.launcher in CLUSTER_LAUNCHERS:
+        hint = kubectl_hint(config.cluster.namespace if config else None, status.kubetune_run_id,
+                            config.cluster.launcher if config else "pytorchjob")
+        if job_state:
+            lines += [f"job       {job_state}", f"          {hint}"]
+        else:
+            lines.append(f"job       {hint}")
     return "\n".join(lines)
 
 

@@ -161,3 +161,17 @@ class SigtermCheckpointCallback(TrainerCallback):
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self.restore()
 
+
+
+def trainjob_status_callbacks() -> list[TrainerCallback]:
+    """transformers' Kubeflow Trainer callback, when the TrainJob's controller asks for progress reports.
+
+    Kubeflow Trainer (feature gate TrainJobRuntimeStatus) injects KUBEFLOW_TRAINER_SERVER_URL into the
+    trainer's pods; transformers then reports progress, time left and metrics to the TrainJob's
+    status.trainerStatus (rank 0 only), which `kubetune status` shows. transformers registers it
+    itself only through `report_to`, which kubetune sets to "none" (MLflow is kubetune's own), so it
+    is added here.
+    """
+    from transformers.integrations.integration_utils import KubeflowCallback, is_kubeflow_available
+
+    return [KubeflowCallback()] if is_kubeflow_available() else []

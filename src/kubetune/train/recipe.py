@@ -43,7 +43,12 @@ from kubetune.train.arguments import (
     resolve_optimizer,
     resolve_precision,
 )
-from kubetune.train.callbacks import MemoryCallback, SigtermCheckpointCallback, SpeedCallback
+from kubetune.train.callbacks import (
+    MemoryCallback,
+    SigtermCheckpointCallback,
+    SpeedCallback,
+    trainjob_status_callbacks,
+)
 from kubetune.train.checkpoints import CheckpointCallback, checkpoint_step, prepare_resume
 from kubetune.train.history import (
     HEADERS,
@@ -266,6 +271,7 @@ def build_trainer(run: TrainingRun, model: nn.Module, args: Any) -> Trainer:
         # after the SIGTERM callback: it sees every save request of the step
         CheckpointCallback(run.paths, config.training.save_total_limit, world_size()),
         TrackingCallback(run.tracker),
+        *trainjob_status_callbacks(),
     ]
     if config.training.early_stopping_patience is not None:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.training.early_stopping_patience))
