@@ -841,10 +841,9 @@ class RunConfig(Section):
             raise ValueError("evaluate.baseline: the TF-IDF baseline scores classifiers; task: sft has none (set none)")
         if self.data.ops and not (self.data.uri or self.data.sources):
             raise ValueError("data.ops: there is no data to apply them to; set data.uri or data.sources")
-        if self.model.quantization != "none":
-            if not self.lora.enable:
-                raise ValueError(f"model.quantization: {self.model.quantization} freezes the base weights, so only adapters "
-                                 "can train; set lora.enable: true (QLoRA) or model.quantization: none")
+        if self.model.quantization != "none" and not self.lora.enable:
+            raise ValueError(f"model.quantization: {self.model.quantization} freezes the base weights, so only adapters "
+                             "can train; set lora.enable: true (QLoRA) or model.quantization: none")
 
     def to_yaml(self) -> str:
         """The resolved config as YAML (every key, defaults included); it validates back to the same config."""

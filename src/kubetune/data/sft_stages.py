@@ -206,6 +206,7 @@ def tokenize_cache_key(config: RunConfig, checksum: dict[str, Any], tokenizer_ha
 
 
 def _tokenize(config: RunConfig, input_uri: str, output_uri: str) -> TokenizeResult:
+    from kubetune.data.sft import tokenizer_digest
     from kubetune.data.stages import (
         _NOT_CONTENT,
         DIAGNOSTICS_FILE,
@@ -214,7 +215,6 @@ def _tokenize(config: RunConfig, input_uri: str, output_uri: str) -> TokenizeRes
         _print_tokenize_summary,
         diagnostics_split_rows,
     )
-    from kubetune.data.sft import tokenizer_digest
     from kubetune.data.tokenization import load_tokenizer, tokenizer_source
 
     if not storage.is_complete(input_uri, config.storage):
@@ -265,7 +265,14 @@ def _tokenize_into(config: RunConfig, tokenizer: Any, tokenizer_hash: str, input
                    key: str, scratch: Path) -> TokenizeResult:
     import datasets
 
-    from kubetune.data.stages import DIAGNOSTICS_FILE, TokenizeResult, _info, _print_tokenize_summary, _warn, _write_json
+    from kubetune.data.stages import (
+        DIAGNOSTICS_FILE,
+        TokenizeResult,
+        _info,
+        _print_tokenize_summary,
+        _warn,
+        _write_json,
+    )
     from kubetune.data.tokenization import split_diagnostics
 
     sft = config.sft

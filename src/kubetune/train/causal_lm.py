@@ -83,7 +83,14 @@ def load_training_data(directory: Path, data_uri: str, config: RunConfig) -> Any
     """The SFT tokenize output at `directory`, checked split by split (see kubetune.data.sft_stages)."""
     from datasets import DatasetDict, load_from_disk
 
-    from kubetune.train.preflight import METADATA_FILE, TEST, TRAIN, VALIDATION, TrainingData, stored_empty_splits
+    from kubetune.train.preflight import (
+        METADATA_FILE,
+        TEST,
+        TRAIN,
+        VALIDATION,
+        TrainingData,
+        stored_empty_splits,
+    )
 
     if not (directory / "dataset_dict.json").is_file():
         raise DataError(f"--data {data_uri} is not a tokenized dataset (no dataset_dict.json); pass the output folder of "

@@ -36,11 +36,12 @@ from typing import TYPE_CHECKING, Any
 
 from kubetune import __version__, storage
 from kubetune.config import RunConfig
-from kubetune.data.sft import format_columns
 from kubetune.console import print_table
+from kubetune.data.sft import format_columns
 from kubetune.distributed import barrier, is_local_main_process, is_main_process, print_main, world_size
 from kubetune.errors import EXIT_TERMINATED, ConfigError, DataError
 from kubetune.inference import INFERENCE_KEY, inference_metadata
+from kubetune.train import causal_lm
 from kubetune.train.arguments import (
     Precision,
     build_training_arguments,
@@ -48,7 +49,6 @@ from kubetune.train.arguments import (
     resolve_optimizer,
     resolve_precision,
 )
-from kubetune.train import causal_lm
 from kubetune.train.callbacks import MemoryCallback, SigtermCheckpointCallback, SpeedCallback
 from kubetune.train.checkpoints import CheckpointCallback, checkpoint_step, prepare_resume
 from kubetune.train.history import (
