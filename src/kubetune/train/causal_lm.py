@@ -295,6 +295,19 @@ class CausalLMTrainer(KubetuneTrainer):
         return output
 
 
+HISTORY_HEADERS = ("epoch", "step", "train loss", "val loss", "val perplexity", "")
+
+
+def history_table_rows(history: Any) -> list[tuple[str, ...]]:
+    """The evaluations during training as cells under HISTORY_HEADERS (kubetune.train.history's rows, with
+    perplexity where a classifier shows accuracy and F1)."""
+    from kubetune.train.history import evaluation_rows, table_rows
+
+    rows = table_rows(evaluation_rows(history))
+    return [(*row[:4], f"{perplexity(point['eval_loss']):.2f}" if point.get("eval_loss") is not None else "-", row[-1])
+            for row, point in zip(rows, history.eval, strict=True)]
+
+
 def perplexity(loss: float) -> float:
     """exp(mean token loss); capped where exp would overflow (an untrained model's loss is ~log(vocab))."""
     return math.exp(min(float(loss), 50.0))

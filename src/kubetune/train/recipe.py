@@ -374,7 +374,9 @@ def save(trainer: Trainer, run: TrainingRun, metrics: dict[str, float]) -> None:
                  if name.startswith(("eval_", "speed/train_")) or name in ("train_loss", "global_step")]
         print_table(["metric", "value"], shown, title=f"training finished: {paths.child(MODEL_DIR)}")
         history = TrainingHistory.from_dict(run.history)
-        if history.eval:
+        if history.eval and config.task == "sft":
+            print_table(causal_lm.HISTORY_HEADERS, causal_lm.history_table_rows(history), title="validation at each evaluation")
+        elif history.eval:
             print_table(HEADERS, table_rows(evaluation_rows(history)), title="validation at each evaluation")
             hint = more_epochs_hint(history)
             if hint:
