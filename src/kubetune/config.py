@@ -682,6 +682,7 @@ class SftConfig(Section):
         "`max_seq_length`; `flatten`: at collate time, each batch's examples become one row "
         "(transformers' DataCollatorWithFlattening).",
     )
+    max_new_tokens: int = Field(128, gt=0, description="`kubetune predict`: longest completion generated per row (greedy).")
     completion_only_loss: bool | None = Field(
         None,
         description="Train on the response tokens only (prompt tokens get label -100); unset: true for the "

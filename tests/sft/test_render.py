@@ -189,3 +189,19 @@ def test_collator_pads_labels_with_ignore_and_masks_padding():
     assert batch["input_ids"].tolist() == [[5, 6, 7, 0], [8, 0, 0, 0]]
     assert batch["labels"].tolist() == [[-100, 6, 7, -100], [8, -100, -100, -100]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1, 0], [1, 0, 0, 0]]
+
+
+def test_predict_prompts_are_the_training_prompts(tiny_qwen2_lm: Path, tiny_llama_lm: Path):
+    from kubetune.generation import prompt_ids
+
+    qwen, llama = tokenizer_of(tiny_qwen2_lm), tokenizer_of(tiny_llama_lm)
+    assert prompt_ids({"p": "sky", "r": None}, SftConfig(prompt_column="p", response_column="r"), qwen, 0) == ids(qwen, "sky\n")
+    assert prompt_ids({"p": "sky"}, SftConfig(prompt_column="p", response_column="r"), llama, 0) == [llama.bos_token_id, *ids(llama, "sky\n")]
+    alpaca = SftConfig(instruction_column="i", output_column="o")
+    assert prompt_ids({"i": "name it"}, alpaca, qwen, 0) == ids(qwen, ALPACA_PROMPT_NO_INPUT.format(instruction="name it"))
+    messages = [{"role": "user", "content": "sky?"}, {"role": "assistant", "content": "blue"}]
+    expected = ids(qwen, "<|im_start|>user\nsky?<|im_end|>\n<|im_start|>assistant\n")
+    assert prompt_ids({"m": messages}, SftConfig(messages_column="m"), qwen, 0) == expected
+    chat_columns = SftConfig(prompt_column="p", response_column="r", use_chat_template=True)
+    assert prompt_ids({"p": "sky?"}, chat_columns, qwen, 0) == expected
+    assert prompt_ids({"t": "the sky is"}, SftConfig(text_column="t"), qwen, 0) == ids(qwen, "the sky is")

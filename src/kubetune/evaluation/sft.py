@@ -22,6 +22,11 @@ from kubetune.errors import DataError
 
 logger = logging.getLogger(__name__)
 
+# What a registry/champion gate compares for task: sft (metrics.json key, as test/<name> in MLflow): the test loss
+# per trained token, lower is better (perplexity orders models the same way).
+GATE_METRIC = "loss"
+GATE_GREATER_IS_BETTER = False
+
 
 def token_loss(model, split, pad_token_id: int, batch_size: int) -> tuple[float, int]:
     """(summed loss, trained tokens) of a tokenized SFT split (input_ids, labels, attention_mask)."""
