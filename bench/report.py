@@ -258,7 +258,12 @@ def sft_packing_section(rows: Sequence[Mapping[str, str]]) -> list[str]:
     return [_session_line(rows), "", *_table(["method", "device", "steps", "padding", "real tokens/s", "seconds"], table), "",
             f"One pass over the same {first['examples']} prompt/response examples (the demo ledger, 1 to 4 lines a prompt, "
             f"cut at {first['max_seq_length']} tokens) of `{first['model']}`, batch {first['batch_size']}, forward + backward + "
-            "AdamW, timed after a warm-up batch; real tokens are the examples' own, the same for every method."]
+            "AdamW, timed after a warm-up batch; real tokens are the examples' own, the same for every method. `concatenate` "
+            "(sft.packing_method's default) packs at tokenize time and does half the optimizer steps over the same tokens; "
+            "`flatten` builds one long row per batch, whose block-diagonal mask sdpa computes in full on a CPU. "
+            + ("" if any(r["device"] == "cuda" for r in rows) else
+               "No GPU was lent to the session that measured this: `python -m bench.sft_packing` on one, then "
+               "`python -m bench.report`.")]
 
 
 def pipeline_section(rows: Sequence[Mapping[str, str]]) -> tuple[list[str], float | None]:
