@@ -140,3 +140,36 @@ def test_the_validate_step_rejects_quantization_on_this_machine_before_any_work(
     config = with_sft(data={"uri": str(tmp_path / "missing.jsonl")}, model={"quantization": "nf4"})
     with pytest.raises(KubetuneError, match=r"model.quantization: nf4 \(bitsandbytes\) needs a CUDA GPU"):
         validate_step(yaml.safe_dump(config), [], "", "", 0.0, 0.0, 0, 0, "", "run-1")
+
+
+def test_validate_step_fingerprints_every_source_and_hands_the_data_steps_task_and_sft(tmp_path: Path):
+    import yaml
+
+    from kubetune.errors import DataError
+    from kubetune.pipeline.steps import validate_step
+
+    first, second = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    first.write_text('{"p": "x", "r": "y"}\n')
+    second.write_text('{"p": "z", "r": "w"}\n')
+    config = with_sft(data={"sources": [str(first), str(second)]}, tracking={"enable": False})
+    outputs = validate_step(yaml.safe_dump(config), [], "", "", 0.0, 0.0, 0, 0, "", "run-1")
+    for key in ("preprocess_config", "tokenize_config"):
+        step_config = yaml.safe_load(outputs[key])
+        assert step_config["task"] == "sft" and step_config["sft"]["prompt_column"] == "p", key
+    assert yaml.safe_load(outputs["preprocess_config"])["data"]["sources"] == [str(first), str(second)]
+    second.write_text('{"p": "z", "r": "changed"}\n')
+    again = validate_step(yaml.safe_dump(config), [], "", "", 0.0, 0.0, 0, 0, "", "run-2")
+    assert again["data_fingerprint"] != outputs["data_fingerprint"]
+    second.unlink()
+    with pytest.raises(DataError, match=r"^data.sources.1: .*b.jsonl not found"):
+        validate_step(yaml.safe_dump(config), [], "", "", 0.0, 0.0, 0, 0, "", "run-3")
+
+
+def test_classification_steps_get_no_task_or_sft_sections():
+    import yaml
+
+    from kubetune.pipeline.steps import PREPROCESS_SECTIONS, sections_yaml, tokenize_config_yaml
+
+    config = validate_config({"data": {"uri": "demo://ledger"}})
+    assert set(yaml.safe_load(sections_yaml(config, PREPROCESS_SECTIONS))) == set(PREPROCESS_SECTIONS)
+    assert "sft" not in yaml.safe_load(tokenize_config_yaml(config))
