@@ -682,7 +682,12 @@ class SftConfig(Section):
         "`max_seq_length`; `flatten`: at collate time, each batch's examples become one row "
         "(transformers' DataCollatorWithFlattening).",
     )
-    max_new_tokens: int = Field(128, gt=0, description="`kubetune predict`: longest completion generated per row (greedy).")
+    max_new_tokens: int = Field(128, gt=0, description="`kubetune predict` and `eval_generations`: longest completion "
+                                "generated per row (greedy).")
+    eval_generations: int = Field(
+        0, ge=0, description="The evaluate step also generates a completion for this many test examples (a seeded sample): "
+        "`exact_match` in metrics.json, and a prompt / expected / generated table in report.html; 0: none.",
+    )
     completion_only_loss: bool | None = Field(
         None,
         description="Train on the response tokens only (prompt tokens get label -100); unset: true for the "

@@ -61,9 +61,14 @@ def test_full_fine_tune_learns_the_toy_task_and_evaluate_scores_test(tiny_qwen2_
     metadata = json.loads((model_dir / "model_metadata.json").read_text())
     assert (metadata["task"], metadata["inference"]["format"], metadata["max_length"]) == ("sft", "prompt_response", 32)
 
-    result = evaluate(config, str(model_dir), str(data), str(tmp_path / "evaluation"))
+    with_generations = config.model_copy(update={"sft": config.sft.model_copy(update={"eval_generations": 8, "max_new_tokens": 6})})
+    result = evaluate(with_generations, str(model_dir), str(data), str(tmp_path / "evaluation"))
     written = json.loads((tmp_path / "evaluation" / "metrics.json").read_text())
-    assert written == result.metrics and (tmp_path / "evaluation" / "report.html").is_file()
+    assert written == result.metrics and written["generations"] == 8 and 0.0 <= written["exact_match"] <= 1.0
+    report = (tmp_path / "evaluation" / "report.html").read_text()
+    assert "Generated on test prompts" in report and report.count("<tr><td><pre>") == 8
+    assert "what colour is the" in report and "exact match" in report
+    assert report.count("<td>✓</td>") == round(written["exact_match"] * 8)
     test = load_from_disk(str(data / "test"))
     base = AutoModelForCausalLM.from_pretrained(tiny_qwen2_lm)
     untrained, tokens = token_loss(base, test, 0, 8)

@@ -1,7 +1,9 @@
 """The evaluate stage for `task: sft`: the test split's loss and perplexity, teacher-forced.
 
 EVALUATION/ holds metrics.json (`loss`: mean loss per trained token, `perplexity`: its exp, `tokens`:
-trained tokens scored, `rows`), report.html (the figures, the learning curves when the model has a
+trained tokens scored, `rows`; with `sft.eval_generations`, `exact_match` over that many test examples whose
+first response was generated greedily from their prompt), report.html (with those examples' prompt / expected /
+generated table) (the figures, the learning curves when the model has a
 training history) and learning_curves.png. The loss is summed over every trained token of the split and
 divided once, so it does not depend on the batch size (the Trainer's validation loss averages batch
 means). Logged into the pipeline's MLflow run as test/<name>.
@@ -78,33 +80,68 @@ def evaluate_sft(config: RunConfig, model_uri: str, data_uri: str, output_uri: s
         metrics = {"loss": loss, "perplexity": perplexity(loss), "tokens": float(tokens), "rows": float(len(rows))}
         logger.info("evaluate: %s loss %.4f, perplexity %.2f over %d tokens (%.1f s)", split, loss, metrics["perplexity"],
                     tokens, time.perf_counter() - started)
+        samples = generation_samples(model, tokenizer, rows, config) if config.sft.eval_generations else []
+        if samples:
+            metrics["exact_match"] = sum(s["exact_match"] for s in samples) / len(samples)
+            metrics["generations"] = float(len(samples))
         history = read_training_history(model_dir)
         with storage.atomic_output_dir(output_uri, "evaluate", config.storage) as out:
             (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
             curves = learning_curves_png(history) if history is not None and history.eval else None
             if curves is not None:
                 (out / LEARNING_CURVES_FILE).write_bytes(curves)
-            (out / "report.html").write_text(report_html(metrics, split, model_uri, curves))
+            (out / "report.html").write_text(report_html(metrics, split, model_uri, curves, samples))
             if mlflow_run_id:
                 _log_to_mlflow(config, mlflow_run_id, split, metrics, out)
     report = f"{storage.normalize_uri(output_uri).rstrip('/')}/report.html"
     return EvaluationResult(output_uri, metrics, [], [], report, {})
 
 
-def report_html(metrics: dict[str, float], split: str, model: str, curves_png: bytes | None) -> str:
+def generation_samples(model, tokenizer, rows, config: RunConfig) -> list[dict]:
+    """Greedy completions of a seeded sample of tokenized examples: each example's prompt is its tokens before the first
+    trained one, the expected answer its first run of trained tokens (the first response, or assistant turn)."""
+    import numpy as np
+
+    from kubetune.data.sft import IGNORE_INDEX
+    from kubetune.generation import generate
+
+    chosen = np.sort(np.random.default_rng(config.tokenize.diagnostics.seed).choice(
+        len(rows), size=min(config.sft.eval_generations, len(rows)), replace=False))
+    prompts, expected = [], []
+    for index in chosen.tolist():
+        ids, labels = rows[index]["input_ids"], rows[index]["labels"]
+        start = next(i for i, label in enumerate(labels) if label != IGNORE_INDEX)
+        end = next((i for i in range(start, len(labels)) if labels[i] == IGNORE_INDEX), len(labels))
+        prompts.append(list(ids[:start]))
+        expected.append(tokenizer.decode(ids[start:end], skip_special_tokens=True))
+    completions = generate(model, tokenizer, prompts, config.sft.max_new_tokens, config.training.eval_batch_size)
+    return [{"prompt": tokenizer.decode(prompt, skip_special_tokens=False), "expected": want, "generated": got,
+             "exact_match": got.strip() == want.strip()}
+            for prompt, want, got in zip(prompts, expected, completions, strict=True)]
+
+
+def report_html(metrics: dict[str, float], split: str, model: str, curves_png: bytes | None,
+                samples: list[dict] | None = None) -> str:
     import base64
 
     e = html.escape
     cards = "".join(f"<div class=card><b>{metrics[name]:{fmt}}</b><span>{label}</span></div>"
                     for name, label, fmt in (("loss", "loss per token", ".4f"), ("perplexity", "perplexity", ".2f"),
                                              ("tokens", "tokens scored", ",.0f")))
+    if "exact_match" in metrics:
+        cards += f"<div class=card><b>{metrics['exact_match']:.1%}</b><span>exact match</span></div>"
     curves = (f'<h2>Learning curves</h2><img alt="learning curves" src="data:image/png;base64,'
               f'{base64.b64encode(curves_png).decode()}">' if curves_png else "")
+    if samples:
+        body = "".join(f"<tr><td><pre>{e(s['prompt'])}</pre></td><td><pre>{e(s['expected'])}</pre></td>"
+                       f"<td><pre>{e(s['generated'])}</pre></td><td>{'✓' if s['exact_match'] else '✗'}</td></tr>" for s in samples)
+        curves += ("<h2>Generated on test prompts</h2><table><tr><th>prompt</th><th>expected</th><th>generated</th>"
+                   f"<th>exact</th></tr>{body}</table>")
     return (
         "<!doctype html><html><head><meta charset=utf-8><title>kubetune evaluation (sft)</title><style>"
         "body{font-family:system-ui,sans-serif;margin:2rem;color:#222}.card{display:inline-block;padding:1rem 1.5rem;"
         "margin:0 1rem 1rem 0;border:1px solid #ddd;border-radius:8px}.card b{display:block;font-size:1.6rem}"
-        "img{max-width:100%}</style></head><body><h1>kubetune evaluation (sft)</h1>"
+        "img{max-width:100%}td{vertical-align:top;border-top:1px solid #eee}pre{white-space:pre-wrap;margin:0}</style></head><body><h1>kubetune evaluation (sft)</h1>"
         f"<p>{e(split)} split ({int(metrics['rows']):,} examples, teacher-forced) · model: {e(model)}</p>{cards}{curves}"
         "</body></html>\n"
     )
