@@ -50,6 +50,9 @@ SECTION_COLUMNS: dict[str, tuple[str, ...]] = {
     # Inference: rows/s of `kubetune predict` and of the plain transformers pipeline on the same rows.
     "predict": ("dataset", "rows", "system", "model", "batch_size", "max_length", "repeats", "seconds", "rows_per_s",
                 "agreement", "device"),
+    # task: sft: the same examples trained padded (random or length-grouped batches) and packed (concatenate or flatten).
+    "sft_packing": ("method", "model", "examples", "steps", "batch_size", "max_seq_length", "real_tokens", "computed_tokens",
+                    "seconds", "real_tokens_per_s", "padding_fraction", "device"),
     "baseline_cost": (
         "dataset", "split", "max_features", "features", "train_rows", "test_rows", "fit_seconds", "predict_seconds",
         "accuracy", "macro_f1",

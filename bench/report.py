@@ -247,6 +247,25 @@ def local_layout_section(rows: Sequence[Mapping[str, str]]) -> list[str]:
             f"demo ledger as the embedded default tokenizes it; medians over the runs, interleaved.{note}"]
 
 
+def sft_packing_section(rows: Sequence[Mapping[str, str]]) -> list[str]:
+    """Real tokens/s of each SFT batching method on the same examples (bench/sft_packing.py), newest session."""
+    rows = latest_session(rows)
+    if not rows:
+        return [_not_run("sft_packing")]
+    table = [[r["method"], r["device"], r["steps"], f"{_f(r['padding_fraction']):.1%}", f"{_f(r['real_tokens_per_s']):,.0f}",
+              f"{_f(r['seconds']):.1f}"] for r in rows]
+    first = rows[0]
+    return [_session_line(rows), "", *_table(["method", "device", "steps", "padding", "real tokens/s", "seconds"], table), "",
+            f"One pass over the same {first['examples']} prompt/response examples (the demo ledger, 1 to 4 lines a prompt, "
+            f"cut at {first['max_seq_length']} tokens) of `{first['model']}`, batch {first['batch_size']}, forward + backward + "
+            "AdamW, timed after a warm-up batch; real tokens are the examples' own, the same for every method. `concatenate` "
+            "(sft.packing_method's default) packs at tokenize time and does half the optimizer steps over the same tokens; "
+            "`flatten` builds one long row per batch, whose block-diagonal mask sdpa computes in full on a CPU. "
+            + ("" if any(r["device"] == "cuda" for r in rows) else
+               "No GPU was lent to the session that measured this: `python -m bench.sft_packing` on one, then "
+               "`python -m bench.report`.")]
+
+
 def pipeline_section(rows: Sequence[Mapping[str, str]]) -> tuple[list[str], float | None]:
     chosen = latest_session(rows)
     if not chosen:
@@ -398,6 +417,10 @@ def render(read: Callable[[str], list[dict[str, str]]] = read_rows, why_file: Pa
         "## Local cores: ranks or threads (`python -m bench.local_layout`)",
         "",
         *local_layout_section(read("local_layout")),
+        "",
+        "## SFT: packing vs padding (`python -m bench.sft_packing`)",
+        "",
+        *sft_packing_section(read("sft_packing")),
         "",
         "## The local pipeline (`kubetune run`, the demo)",
         "",

@@ -52,6 +52,73 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=False)
 
 
+# ------------------------------------------------------------------------------------------ data.ops
+class FilterOp(Section):
+    column: str = Field(description="The column the condition reads.")
+    op: Literal["==", "!=", "<", "<=", ">", ">=", "in", "not_in", "contains", "is_null", "not_null"] = Field(
+        "==", description="The comparison; `in`/`not_in` take a list, `is_null`/`not_null` no value."
+    )
+    value: Any = Field(None, description="What the column is compared with.")
+
+    @model_validator(mode="after")
+    def _value_fits(self) -> FilterOp:
+        if self.op in ("is_null", "not_null"):
+            if self.value is not None:
+                raise ValueError(f"filter op {self.op} takes no value; remove value")
+        elif self.op in ("in", "not_in"):
+            if not isinstance(self.value, list):
+                raise ValueError(f"filter op {self.op} needs a list value (got {self.value!r})")
+        elif self.value is None:
+            raise ValueError(f"filter op {self.op!r} needs a value")
+        return self
+
+
+class MapOp(Section):
+    column: str = Field(description="The column written (a new one, or one replaced).")
+    template: str = Field(description="A Python format string over the columns, e.g. `\"{instruction}\\n{input}\"`; "
+                          "a missing value reads as empty text.")
+
+
+class FractionOp(Section):
+    share: float = Field(gt=0.0, le=1.0, description="Share of the rows kept (a seeded sample, row order kept).")
+    seed: int = Field(0, description="Seed of the sample.")
+
+
+class ShuffleOp(Section):
+    seed: int = Field(0, description="Seed of the shuffle.")
+
+
+class DataOp(Section):
+    """One operation of `data.ops`: exactly one of its keys (kubetune.data.ops has the functions)."""
+
+    select_columns: list[str] | None = Field(None, description="Keep only these columns, in this order.")
+    select_rows: list[int] | str | None = Field(
+        None, description="Keep these rows: a list of indices (from 0) or a slice `start:stop[:step]`."
+    )
+    filter: FilterOp | None = Field(None, description="Keep the rows whose `column` meets the condition.")
+    map: MapOp | None = Field(None, description="Write `column` from a template over the columns.")
+    fraction: FractionOp | None = Field(None, description="Keep a seeded sample of the rows.")
+    shuffle: ShuffleOp | None = Field(None, description="Shuffle the rows (seeded).")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> DataOp:
+        given = [name for name in type(self).model_fields if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                f"each data.ops entry is one operation ({', '.join(type(self).model_fields)}); got "
+                f"{', '.join(given) if given else 'none'}"
+            )
+        if isinstance(self.select_rows, str):
+            parts = self.select_rows.split(":")
+            if len(parts) not in (2, 3) or not all(p.strip().lstrip("-").isdigit() or not p.strip() for p in parts):
+                raise ValueError(f"select_rows {self.select_rows!r} is not a slice start:stop[:step] or a list of indices")
+        return self
+
+    @property
+    def name(self) -> str:
+        return next(name for name in type(self).model_fields if getattr(self, name) is not None)
+
+
 # --------------------------------------------------------------------------------------------- data
 class DataConfig(Section):
     uri: str | None = Field(
@@ -72,11 +139,35 @@ class DataConfig(Section):
     max_rows: int | None = Field(
         None, gt=0, description="Read only the first N rows of `uri` (for quick trials); all rows when unset."
     )
+    sources: list[str] = Field(
+        default_factory=list,
+        description="`task: sft` only: several inputs (local or s3:// CSV, JSON, JSON Lines, Parquet, .txt files "
+        "(one row per line, column `text`), a directory of such files, or a saved HF dataset), concatenated in "
+        "this order with their columns aligned; instead of `uri`.",
+    )
+    ops: list[DataOp] = Field(
+        default_factory=list,
+        description="`task: sft` only: operations applied in order to the loaded rows, before the split "
+        "(kubetune.data.ops): select_columns, select_rows, filter, map, fraction, shuffle.",
+    )
 
     @field_validator("uri", "validation_uri", "test_uri")
     @classmethod
     def _known_scheme(cls, value: str | None) -> str | None:
         return _check_scheme(value, also=("demo",))
+
+    @field_validator("sources")
+    @classmethod
+    def _known_schemes(cls, values: list[str]) -> list[str]:
+        for value in values:
+            _check_scheme(value, also=("demo",))
+        return values
+
+    @model_validator(mode="after")
+    def _one_input(self) -> DataConfig:
+        if self.sources and self.uri:
+            raise ValueError("data.uri and data.sources are both set; list every input in data.sources")
+        return self
 
 
 # -------------------------------------------------------------------------------------------- split
@@ -210,6 +301,15 @@ class ModelConfig(Section):
         "sdpa", description="Attention kernel."
     )
     trust_remote_code: bool = Field(False, description="Run code shipped with the model repository (off: safer).")
+    quantization: Literal["none", "nf4", "int4", "int8"] = Field(
+        "none",
+        description="`task: sft`: load the frozen base weights quantized by bitsandbytes (QLoRA; needs a CUDA GPU "
+        "and lora.enable): `nf4` 4-bit NormalFloat, `int4` bitsandbytes' plain 4-bit type (FP4), `int8` 8-bit.",
+    )
+    bnb_4bit_compute_dtype: Literal["bfloat16", "float16", "float32"] = Field(
+        "bfloat16", description="dtype the 4-bit layers compute in."
+    )
+    bnb_4bit_use_double_quant: bool = Field(True, description="Quantize the 4-bit quantization constants too (saves ~0.4 bit a weight).")
     pooling: Literal["auto", "cls", "mean"] = Field(
         "auto",
         description="What the head reads: `cls` the architecture's own pooler over the first token, `mean` the "
@@ -242,10 +342,13 @@ class LoraConfig(Section):
     target_modules: list[str] | Literal["all-linear"] | None = Field(
         None,
         description="Modules that get adapters (e.g. [q_proj, k_proj, v_proj, o_proj]) or `all-linear`; "
-        "unset: PEFT's default for the architecture.",
+        "unset: PEFT's default for the architecture (`task: sft`: every linear layer of the decoder blocks, i.e. "
+        "the attention and MLP projections).",
     )
     bias: Literal["none", "all", "lora_only"] = Field("none", description="Which biases are trained.")
-    task_type: Literal["SEQ_CLS"] = Field("SEQ_CLS", description="PEFT task type.")
+    task_type: Literal["SEQ_CLS", "CAUSAL_LM"] = Field(
+        "SEQ_CLS", description="PEFT task type: SEQ_CLS for `task: classification`, CAUSAL_LM for `task: sft` (set from `task` when unset)."
+    )
     modules_to_save: list[str] | None = Field(
         None,
         description="Modules trained in full beside the adapters; unset: the classification head of the architecture.",
@@ -297,9 +400,13 @@ class TrainingConfig(Section):
     save_steps: int | None = Field(None, gt=0, description="Checkpoint every N optimizer steps; unset: at the end of each epoch.")
     save_total_limit: int | None = Field(2, gt=0, description="Checkpoints kept (the best one is always kept too).")
     seed: int = Field(42, description="Seed of model initialisation, dropout and data order.")
-    lr_scheduler_type: Literal[
-        "linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup", "inverse_sqrt"
-    ] = Field("linear", description="Learning-rate schedule after warm-up.")
+    lr_scheduler_type: str = Field(
+        "linear", description="Learning-rate schedule after warm-up: any scheduler name the installed transformers "
+        "knows (SchedulerType: linear, cosine, cosine_with_min_lr, warmup_stable_decay, ...)."
+    )
+    lr_scheduler_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="Arguments of the schedule (e.g. `{min_lr_rate: 0.1}` for cosine_with_min_lr)."
+    )
     head_learning_rate: float | None = Field(
         None,
         gt=0,
@@ -307,7 +414,8 @@ class TrainingConfig(Section):
         "unset: `learning_rate`.",
     )
     optim: str = Field(
-        "auto", description="Optimizer name as in TrainingArguments; `auto`: fused AdamW on GPU, AdamW on CPU."
+        "auto", description="Optimizer name as in TrainingArguments (any the installed transformers knows; the 8-bit "
+        "and paged ones need bitsandbytes); `auto`: fused AdamW on GPU, AdamW on CPU."
     )
     max_grad_norm: float = Field(1.0, ge=0.0, description="Clip gradients at this norm; 0 disables clipping.")
     load_best_model_at_end: bool = Field(
@@ -323,6 +431,24 @@ class TrainingConfig(Section):
     early_stopping_patience: int | None = Field(
         None, gt=0, description="Stop after this many evaluations without improvement; unset: never."
     )
+
+    @field_validator("lr_scheduler_type")
+    @classmethod
+    def _known_scheduler(cls, value: str) -> str:
+        if value in COMMON_SCHEDULERS:
+            return value  # no transformers import (seconds) for the usual names
+        from transformers.trainer_utils import SchedulerType
+
+        return _known_name(value, [member.value for member in SchedulerType], "scheduler")
+
+    @field_validator("optim")
+    @classmethod
+    def _known_optimizer(cls, value: str) -> str:
+        if value in ("auto", "adamw_torch", "adamw_torch_fused"):
+            return value
+        from transformers.training_args import OptimizerNames
+
+        return _known_name(value, [member.value for member in OptimizerNames], "optimizer")
 
     @model_validator(mode="after")
     def _check(self) -> TrainingConfig:
@@ -340,6 +466,17 @@ class TrainingConfig(Section):
         if self.early_stopping_patience is not None and not self.load_best_model_at_end:
             raise ValueError("training.early_stopping_patience needs training.load_best_model_at_end: true")
         return self
+
+
+COMMON_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup", "inverse_sqrt")
+
+
+def _known_name(value: str, valid: list[str], kind: str) -> str:
+    if value in valid:
+        return value
+    close = difflib.get_close_matches(value, valid, n=1, cutoff=0.5)
+    hint = f"did you mean {close[0]!r}?" if close else f"the installed transformers knows {', '.join(valid)}"
+    raise ValueError(f"unknown {kind} {value!r}; {hint}")
 
 
 # ------------------------------------------------------------------------------------------- loss
@@ -513,10 +650,136 @@ class ClusterConfig(Section):
     )
 
 
+# ---------------------------------------------------------------------------------------------- sft
+# The data formats of `task: sft`: each is a group of keys, the first of which chooses it.
+SFT_FORMATS: dict[str, tuple[str, ...]] = {
+    "text": ("text_column",),
+    "prompt_response": ("prompt_column", "response_column", "system_column"),
+    "alpaca": ("instruction_column", "input_column", "output_column"),
+    "conversation": ("messages_column",),
+}
+
+
+class SftConfig(Section):
+    """`task: sft`: how rows become training sequences (kubetune.data.sft)."""
+
+    text_column: str | None = Field(None, description="Plain text: the whole sequence is trained.")
+    prompt_column: str | None = Field(None, description="Prompt/response format: the prompt (with `response_column`).")
+    response_column: str | None = Field(None, description="Prompt/response format: the response the model learns to write.")
+    system_column: str | None = Field(None, description="Prompt/response format: an optional system message per row.")
+    instruction_column: str | None = Field(None, description="Alpaca format: the instruction (with `output_column`, "
+                                           "optionally `input_column`), rendered with the Alpaca prompt.")
+    input_column: str | None = Field(None, description="Alpaca format: the optional input of the instruction.")
+    output_column: str | None = Field(None, description="Alpaca format: the answer the model learns to write.")
+    messages_column: str | None = Field(
+        None, description="Conversation format: a list of {role, content} messages, rendered with the chat template; "
+        "every assistant turn is trained."
+    )
+    use_chat_template: bool | None = Field(
+        None,
+        description="Render the prompt/response(/system) columns as a conversation with the chat template; "
+        "unset: true for `messages_column`, false otherwise.",
+    )
+    chat_template: str | None = Field(
+        None, description="A Jinja chat template used instead of the tokenizer's (and saved with the model's tokenizer)."
+    )
+    max_seq_length: int = Field(1024, gt=1, description="Longest training sequence in tokens; longer examples are cut.")
+    packing: bool = Field(
+        False, description="Pack several examples into each sequence (no padding computed); attention stays within an "
+        "example through position_ids that restart at each one.",
+    )
+    packing_method: Literal["concatenate", "flatten"] = Field(
+        "concatenate",
+        description="`concatenate`: at tokenize time, examples are concatenated and split into rows of "
+        "`max_seq_length`; `flatten`: at collate time, each batch's examples become one row "
+        "(transformers' DataCollatorWithFlattening).",
+    )
+    max_new_tokens: int = Field(128, gt=0, description="`kubetune predict` and `eval_generations`: longest completion "
+                                "generated per row (greedy).")
+    eval_generations: int = Field(
+        0, ge=0, description="The evaluate step also generates a completion for this many test examples (a seeded sample): "
+        "`exact_match` in metrics.json, and a prompt / expected / generated table in report.html; 0: none.",
+    )
+    completion_only_loss: bool | None = Field(
+        None,
+        description="Train on the response tokens only (prompt tokens get label -100); unset: true for the "
+        "prompt/response, Alpaca and conversation formats (the plain text format has no prompt).",
+    )
+
+    @property
+    def format(self) -> str | None:
+        chosen = [name for name, keys in SFT_FORMATS.items() if getattr(self, keys[0]) is not None]
+        return chosen[0] if chosen else None
+
+    @property
+    def renders_chat(self) -> bool:
+        return self.use_chat_template if self.use_chat_template is not None else self.format == "conversation"
+
+    @property
+    def masks_prompt(self) -> bool:
+        return self.completion_only_loss if self.completion_only_loss is not None else self.format != "text"
+
+    @model_validator(mode="after")
+    def _one_format(self) -> SftConfig:
+        given = {name: [f"sft.{key}" for key in keys if getattr(self, key) is not None] for name, keys in SFT_FORMATS.items()}
+        chosen = [name for name, keys in given.items() if keys]
+        if len(chosen) > 1:
+            first, second = (given[name][0] for name in chosen[:2])
+            raise ValueError(f"{first} and {second} choose two data formats; keep one format's keys")
+        needs = {"prompt_response": ("prompt_column", "response_column"), "alpaca": ("instruction_column", "output_column")}
+        for name in chosen:
+            for key in needs.get(name, ()):
+                if getattr(self, key) is None:
+                    raise ValueError(f"sft.{key} is missing: the {name} format needs {' and '.join(f'sft.{k}' for k in needs[name])}")
+        fmt = chosen[0] if chosen else None
+        if fmt == "text" and self.completion_only_loss:
+            raise ValueError("sft.completion_only_loss: the plain text format (sft.text_column) has no prompt to mask; "
+                             "remove completion_only_loss or use sft.prompt_column + sft.response_column")
+        if self.use_chat_template and fmt in ("text", "alpaca"):
+            raise ValueError(f"sft.use_chat_template: the {fmt} format is not a conversation; use sft.prompt_column + "
+                             "sft.response_column or sft.messages_column")
+        if self.use_chat_template is False and fmt == "conversation":
+            raise ValueError("sft.use_chat_template: false, but sft.messages_column is rendered with the chat template; "
+                             "remove use_chat_template")
+        return self
+
+
+# Keys that mean nothing for a task: set to anything but their default, they are an error naming the key.
+NOT_FOR_SFT: tuple[str, ...] = (
+    "split.label_column", "split.stratify", "split.group_column", "split.time_column", "split.max_classes",
+    "split.dummy_prefix", "split.dummy_label", "split.missing_labels", "split.labelize_num_proc",
+    "serialize.text_columns", "serialize.separator", "serialize.include_column_names", "serialize.significant_digits",
+    "serialize.retain_columns", "serialize.num_proc",
+    "tokenize.max_length", "tokenize.truncation", "tokenize.padding",
+    "model.dropout", "model.pooling", "training.head_learning_rate",
+    "loss.class_weights.enable", "predict.top_k", "predict.review_threshold",
+)
+NOT_FOR_CLASSIFICATION: tuple[str, ...] = (
+    "data.sources", "data.ops", "model.quantization",
+    *(f"sft.{name}" for name in SftConfig.model_fields),
+)
+SFT_METRICS = ("loss", "perplexity")
+
+
+def _value_at(section: BaseModel, dotted: str) -> tuple[Any, Any]:
+    """(value, default) of a dotted key below `section`."""
+    *parents, name = dotted.split(".")
+    for part in parents:
+        section = getattr(section, part)
+    field = type(section).model_fields[name]
+    default = field.default_factory() if field.default_factory is not None else field.default
+    return getattr(section, name), default
+
+
 # ----------------------------------------------------------------------------------------- the run
 class RunConfig(Section):
     """A whole run: one section per pipeline stage."""
 
+    task: Literal["classification", "sft"] = Field(
+        "classification",
+        description="`classification`: a sequence classifier over the label column; `sft`: supervised fine-tuning "
+        "of a causal LM on the `sft` section's format.",
+    )
     data: DataConfig = Field(default_factory=DataConfig)
     split: SplitConfig = Field(default_factory=SplitConfig)
     serialize: SerializeConfig = Field(default_factory=SerializeConfig)
@@ -531,6 +794,7 @@ class RunConfig(Section):
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+    sft: SftConfig = Field(default_factory=SftConfig)
 
     # Warnings found while resolving the config (e.g. DeepSpeed JSON overriding a YAML value).
     _warnings: list[str] = PrivateAttr(default_factory=list)
@@ -559,7 +823,45 @@ class RunConfig(Section):
             )
         if self.tokenize.padding == "max_length" and not self.tokenize.truncation:
             raise ValueError("tokenize.padding: max_length needs tokenize.truncation: true")
+        if self.task == "sft":
+            self._check_sft()
+        else:
+            self._check_not_set(NOT_FOR_CLASSIFICATION, "task: sft")
+            if self.lora.task_type != "SEQ_CLS":
+                raise ValueError(f"lora.task_type: {self.lora.task_type} trains a causal LM; set task: sft, or "
+                                 "lora.task_type: SEQ_CLS for a classifier")
         return self
+
+    def _check_not_set(self, keys: tuple[str, ...], task: str) -> None:
+        for key in keys:
+            value, default = _value_at(self, key)
+            if value != default:
+                raise ValueError(f"{key} applies to {task} only and this config has task: {self.task}; remove {key}")
+
+    def _check_sft(self) -> None:
+        self._check_not_set(NOT_FOR_SFT, "task: classification")
+        if self.sft.format is None:
+            raise ValueError("sft: task: sft needs a data format: set sft.text_column, sft.prompt_column + "
+                             "sft.response_column, sft.instruction_column + sft.output_column, or sft.messages_column")
+        # Defaults that belong to the classifier take the causal LM's value unless the config chose one.
+        if "task_type" not in self.lora.model_fields_set:
+            self.lora.task_type = "CAUSAL_LM"
+        elif self.lora.task_type != "CAUSAL_LM":
+            raise ValueError(f"lora.task_type: {self.lora.task_type} is for classifiers; task: sft trains CAUSAL_LM adapters")
+        if "metric_for_best_model" not in self.training.model_fields_set:
+            self.training.metric_for_best_model = "loss"
+        elif self.training.metric_for_best_model.removeprefix("eval_") not in SFT_METRICS:
+            raise ValueError(f"training.metric_for_best_model: task: sft is scored by {' or '.join(SFT_METRICS)} "
+                             f"(got {self.training.metric_for_best_model!r})")
+        if "baseline" not in self.evaluate.model_fields_set:
+            self.evaluate.baseline = "none"
+        elif self.evaluate.baseline != "none":
+            raise ValueError("evaluate.baseline: the TF-IDF baseline scores classifiers; task: sft has none (set none)")
+        if self.data.ops and not (self.data.uri or self.data.sources):
+            raise ValueError("data.ops: there is no data to apply them to; set data.uri or data.sources")
+        if self.model.quantization != "none" and not self.lora.enable:
+            raise ValueError(f"model.quantization: {self.model.quantization} freezes the base weights, so only adapters "
+                             "can train; set lora.enable: true (QLoRA) or model.quantization: none")
 
     def to_yaml(self) -> str:
         """The resolved config as YAML (every key, defaults included); it validates back to the same config."""
@@ -620,11 +922,17 @@ def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, 
 
 def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
     """The pydantic model class that owns the field at `loc` (the parent of its last part)."""
+    import typing
+
     model: type[BaseModel] | None = RunConfig
     for part in loc[:-1]:
+        if isinstance(part, int) and model is not None:
+            continue  # an index into a list of sections (data.ops.0): the list's item model was taken already
         if model is None or not isinstance(part, str) or part not in model.model_fields:
             return None
         annotation = model.model_fields[part].annotation
+        if typing.get_origin(annotation) is list:
+            annotation = typing.get_args(annotation)[0]
         model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
     return model
 

@@ -34,7 +34,8 @@ def packaged_model_dir(name: str) -> Path | None:
 def resolve_model_path(name: str) -> str:
     """A path or id that `from_pretrained` can load without network where possible.
 
-    Local directories win, then packaged models (loaded offline), then the name as a hub id.
+    Local directories win, then packaged models (loaded offline), then the tiny random causal LMs
+    kubetune builds itself (kubetune.tiny_models), then the name as a hub id.
     """
     local = Path(name).expanduser()
     if local.is_dir():
@@ -44,4 +45,9 @@ def resolve_model_path(name: str) -> str:
         # The files are local: stop transformers from asking a hub it can't reach.
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         return str(packaged)
+    from kubetune.tiny_models import tiny_model_dir
+
+    built = tiny_model_dir(name)
+    if built is not None:
+        return str(built)
     return name

@@ -129,7 +129,7 @@ def end_run(client: MlflowClient, run_id: str, status: str) -> None:
 def run_description(config: RunConfig, config_name: str) -> str:
     """The run's description in the MLflow UI (markdown): what was trained on what, from which config."""
     lines = [f"kubetune run of `{config_name or 'inline YAML'}`",
-             f"- data: `{config.data.uri}`", f"- base model: `{config.model.name}`"]
+             f"- data: `{train_source(config)}`", f"- base model: `{config.model.name}`"]
     for key in ("validation_uri", "test_uri"):
         value = getattr(config.data, key)
         if value:
@@ -137,10 +137,15 @@ def run_description(config: RunConfig, config_name: str) -> str:
     return "\n".join(lines)
 
 
+def train_source(config: RunConfig) -> str:
+    """data.uri, or the `task: sft` inputs of data.sources joined."""
+    return config.data.uri or ", ".join(config.data.sources)
+
+
 def split_sources(config: RunConfig) -> dict[str, str]:
-    """Where each split's rows come from: its own file when the config names one, else data.uri."""
-    return {"train": config.data.uri or "", "validation": config.data.validation_uri or config.data.uri or "",
-            "test": config.data.test_uri or config.data.uri or ""}
+    """Where each split's rows come from: its own file when the config names one, else data.uri (data.sources)."""
+    train = train_source(config)
+    return {"train": train, "validation": config.data.validation_uri or train, "test": config.data.test_uri or train}
 
 
 def log_datasets(client: MlflowClient, run_id: str, config: RunConfig, fingerprint: str) -> None:

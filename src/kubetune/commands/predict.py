@@ -6,7 +6,7 @@ from kubetune.commands import add_config_arguments, config_from_args
 from kubetune.errors import KubetuneError
 
 HELP = ("Classify new rows with a trained model: the predicted label, its probability, the top-k labels and a "
-        "needs_review flag per row, written to a Parquet file.")
+        "needs_review flag per row, written to a Parquet file; with task: sft, a generated completion per row.")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,6 +36,12 @@ def run(args: argparse.Namespace) -> int:
     if problem:
         raise KubetuneError(f"--data: {problem}")
     check_exists(args.data, "--data", config.storage)
+    if config.task == "sft":
+        from kubetune.generation import generate_file
+
+        result = generate_file(args.model, args.data, args.output, config)
+        print_table(["", "value"], list(result.items()), title=f"completions → {args.output}")
+        return 0
     summary = predict_file(args.model, args.data, args.output, config)
     print()
     for line in summary.lines():

@@ -109,6 +109,12 @@ def _warn(warnings: list[str], message: str) -> None:
 # ======================================================================================= preprocess
 def preprocess(config: RunConfig, output_uri: str, data_uri: str | None = None) -> PreprocessResult:
     """load → split → labelize → serialize → publish `output_uri`; `data_uri` overrides `data.uri`."""
+    if config.task == "sft":
+        from kubetune.data import sft_stages
+
+        if data_uri:
+            config = config.model_copy(update={"data": config.data.model_copy(update={"uri": data_uri, "sources": []})})
+        return sft_stages.preprocess(config, output_uri)
     sources = _sources(config, data_uri)
     _check_preprocess_config(config)
     with _rank_zero_first():
@@ -162,6 +168,10 @@ def input_fingerprint(config: RunConfig) -> str:
     in object storage, the URI text of demo:// data) and not when a file only moves. Cheap: it reads
     checksums, never the rows. A missing input is the same one-line DataError preprocess gives.
     """
+    if config.task == "sft":
+        from kubetune.data import sft_stages
+
+        return sft_stages.input_fingerprint(config)
     return _fingerprint_of(_input_checksums(config, _sources(config)))
 
 
@@ -383,6 +393,10 @@ def _write_json(path: Path, value: Any) -> None:
 # ========================================================================================= tokenize
 def tokenize(config: RunConfig, input_uri: str, output_uri: str) -> TokenizeResult:
     """Tokenize a preprocess output (`input_uri`) into `output_uri`, with diagnostics."""
+    if config.task == "sft":
+        from kubetune.data import sft_stages
+
+        return sft_stages.tokenize(config, input_uri, output_uri)
     with _rank_zero_first():
         return _tokenize(config, storage.normalize_uri(input_uri), storage.normalize_uri(output_uri))
 

@@ -33,6 +33,9 @@ TOKENIZER_FILES = (
     "config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
     "vocab.txt", "vocab.json", "merges.txt", "spiece.model", "sentencepiece.bpe.model", "tokenizer.model",
 )
+# Where newer tokenizers keep their chat template (task: sft renders conversations with it); fetched with the
+# tokenizer files, hashed only by task: sft (kubetune.data.sft.tokenizer_digest).
+CHAT_TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json")
 # model_max_length of tokenizers that don't know theirs (transformers' VERY_LARGE_INTEGER).
 _UNKNOWN_MAX_LENGTH = 10**12
 
@@ -60,7 +63,7 @@ def tokenizer_source(config: RunConfig, scratch: Path) -> Path:
     from huggingface_hub import snapshot_download
 
     try:
-        return Path(snapshot_download(name, allow_patterns=list(TOKENIZER_FILES)))
+        return Path(snapshot_download(name, allow_patterns=[*TOKENIZER_FILES, *CHAT_TEMPLATE_FILES]))
     except (OSError, ValueError) as exc:  # huggingface_hub's not-cached, unknown-repo, HTTP and bad-id errors
         detail = short_reason(exc)
         raise KubetuneError(
@@ -112,7 +115,7 @@ def _fetch_tokenizer_files(uri: str, target: Path, config: RunConfig) -> Path:
     fs, path = storage.filesystem(uri, config.storage)
     target.mkdir(parents=True, exist_ok=True)
     names = [p.rsplit("/", 1)[-1] for p in storage.with_retries(lambda: fs.ls(path, detail=False), f"listing {uri}", config=config.storage)]
-    wanted = [n for n in names if n in TOKENIZER_FILES]
+    wanted = [n for n in names if n in TOKENIZER_FILES or n in CHAT_TEMPLATE_FILES]
     if "tokenizer_config.json" not in wanted:
         raise KubetuneError(f"{tokenizer_key(config)}: {uri} holds no tokenizer files (tokenizer_config.json); point it at a model directory")
     for name in wanted:

@@ -91,6 +91,10 @@ def evaluate(
     split: str = "test",
 ) -> EvaluationResult:
     """Score `model_uri` (a trainer's model/ folder) on `split` of the tokenized data at `data_uri`."""
+    if config.task == "sft":
+        from kubetune.evaluation.sft import evaluate_sft
+
+        return evaluate_sft(config, model_uri, data_uri, output_uri, mlflow_run_id, split)
     from datasets import load_from_disk
 
     from kubetune.train.metrics import classification_metrics, real_class_predictions

@@ -71,6 +71,7 @@ class LocalRunSummary:
     # model saved without training_history.json.
     evaluations: list[EvaluationRow] = field(default_factory=list)
     training_hint: str = ""  # one line when the last evaluation was still clearly the best
+    task: str = "classification"  # the model's (model_metadata.json); sft shows perplexity, not accuracy
 
 
 class PipelineTerminated(BaseException):
@@ -329,10 +330,12 @@ def _summarize(steps: dict[str, dict[str, Any]], run_id: str, runs_dir: Path, el
     baseline_metrics = json.loads(baseline_file.read_text()) if baseline_file.exists() else {}
     # The same page as the step's HTML artifact, under a name a browser opens by double-click.
     report = evaluation_dir / "report.html"
-    mlflow_run_id = ""
+    mlflow_run_id, task = "", "classification"
     metadata = model_dir / "model_metadata.json"
     if metadata.exists():
-        mlflow_run_id = json.loads(metadata.read_text()).get("mlflow_run_id", "") or ""
+        written = json.loads(metadata.read_text())
+        mlflow_run_id = written.get("mlflow_run_id", "") or ""
+        task = written.get("task", "classification")
     history = read_training_history(model_dir) if "model" in steps.get("train", {}).get("outputs", {}) else None
     return LocalRunSummary(
         run_id=run_id, runs_dir=str(runs_dir), seconds=round(elapsed, 1),
@@ -343,13 +346,20 @@ def _summarize(steps: dict[str, dict[str, Any]], run_id: str, runs_dir: Path, el
         mlflow_tracking_uri=tracking_uri or "", mlflow_run_id=mlflow_run_id,
         evaluations=evaluation_rows(history) if history is not None else [],
         training_hint=(more_epochs_hint(history) or "") if history is not None else "",
+        task=task,
     )
 
 
 def format_summary(summary: LocalRunSummary) -> str:
     steps = [(step, f"{seconds:.1f}" if seconds is not None else "cached") for step, seconds in summary.step_seconds.items()]
     lines = [format_table(["step", "seconds"], steps + [("total", f"{summary.seconds:.1f}")], title=f"run {summary.run_id}")]
-    if summary.evaluations:
+    if summary.evaluations and summary.task == "sft":
+        from kubetune.train.causal_lm import HISTORY_HEADERS, perplexity
+
+        rows = [(*row[:4], f"{perplexity(r.eval_loss):.2f}" if r.eval_loss is not None else "-", row[-1])
+                for row, r in zip(table_rows(summary.evaluations), summary.evaluations, strict=True)]
+        lines.append(format_table(HISTORY_HEADERS, rows, title="validation during training"))
+    elif summary.evaluations:
         lines.append(format_table(HEADERS, table_rows(summary.evaluations), title="validation during training"))
         if summary.training_hint:
             lines.append(summary.training_hint)

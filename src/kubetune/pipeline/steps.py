@@ -129,16 +129,22 @@ def config_name(config: str) -> str:
     return os.environ.get(CONFIG_NAME_ENV, "")
 
 
+def task_sections(config: RunConfig, sections: tuple[str, ...]) -> tuple[str, ...]:
+    """A data step's sections, plus `task` and `sft` for an SFT run (a classification run's stay as they were,
+    and so do its steps' cache keys)."""
+    return (*sections, "task", "sft") if config.task == "sft" else sections
+
+
 def sections_yaml(config: RunConfig, sections: tuple[str, ...]) -> str:
     """Only `sections` of the config, as YAML: the input of a step that uses just those."""
     dumped = yaml.safe_load(config.to_yaml())
-    return yaml.safe_dump({name: dumped[name] for name in sections}, sort_keys=True)
+    return yaml.safe_dump({name: dumped[name] for name in task_sections(config, sections)}, sort_keys=True)
 
 
 def tokenize_config_yaml(config: RunConfig) -> str:
     """The tokenize step's config: its section with the tokenizer resolved (so `model.name` is not needed)."""
     dumped = yaml.safe_load(config.to_yaml())
-    chosen = {name: dumped[name] for name in TOKENIZE_SECTIONS}
+    chosen = {name: dumped[name] for name in task_sections(config, TOKENIZE_SECTIONS)}
     chosen["tokenize"]["model_name"] = config.tokenizer_name
     return yaml.safe_dump(chosen, sort_keys=True)
 
@@ -163,8 +169,12 @@ def validate_step(
     )
     for warning in resolved.warnings:
         print(f"kubetune: warning: {warning}", file=sys.stderr, flush=True)
-    if not resolved.data.uri:
+    if not (resolved.data.uri or resolved.data.sources):
         raise KubetuneError("data.uri: no data given; set data.uri in the config or the data_uri pipeline parameter")
+    if resolved.cluster.launcher == "local":
+        from kubetune.train.causal_lm import check_quantization
+
+        check_quantization(resolved)  # the local launcher trains on this machine: no GPU is an error now, not later
     from kubetune.data.stages import input_fingerprint
     from kubetune.tracking import open_pipeline_run
 

@@ -177,6 +177,7 @@ def build_training_arguments(
         warmup_steps=warmup,
         weight_decay=training.weight_decay,
         lr_scheduler_type=training.lr_scheduler_type,
+        lr_scheduler_kwargs=dict(training.lr_scheduler_kwargs),
         optim=optimizer,
         max_grad_norm=training.max_grad_norm,
         bf16=precision == "bf16",
@@ -202,6 +203,8 @@ def build_training_arguments(
         # The datasets are cut to the model's columns beforehand; the collator drops `length`.
         remove_unused_columns=False,
         label_names=["labels"],
+        # A causal LM's logits (rows x tokens x vocabulary) are never gathered: its evaluation is the loss.
+        prediction_loss_only=config.task == "sft",
         report_to="none",  # MLflow is logged by kubetune.train.tracking, rank 0 only
         deepspeed=build_deepspeed_config(config, precision) if config.deepspeed.enable else None,
         use_cpu=use_cpu,

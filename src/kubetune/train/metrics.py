@@ -24,7 +24,7 @@ METRIC_NAMES: tuple[str, ...] = (
     "accuracy", "macro_f1", "weighted_f1", "macro_precision", "macro_recall",
     "weighted_precision", "weighted_recall", f"top{TOP_K}_accuracy",
 )
-LOWER_IS_BETTER = frozenset({"loss"})
+LOWER_IS_BETTER = frozenset({"loss", "perplexity"})  # perplexity: task: sft
 
 
 def greater_is_better(metric: str) -> bool:

@@ -13,6 +13,10 @@
       save               rank 0 after a barrier: OUT/model, metadata, metrics, artifacts, OUT/_COMPLETE
       cleanup            MLflow run closed, scratch removed
 
+With `task: sft` the same steps build a causal LM instead (kubetune.train.causal_lm: its data checks,
+AutoModelForCausalLM, CAUSAL_LM adapters, its collator, loss and perplexity); the recipe branches on
+`config.task` at those points only.
+
 The same code runs under `python -m kubetune train`, `torchrun --nproc_per_node N` and in every pod
 of a PyTorchJob (the Training Operator sets the same RANK / WORLD_SIZE / MASTER_* variables).
 OUT's layout is described in kubetune.train.outputs.
@@ -33,9 +37,11 @@ from typing import TYPE_CHECKING, Any
 from kubetune import __version__, storage
 from kubetune.config import RunConfig
 from kubetune.console import print_table
+from kubetune.data.sft import format_columns
 from kubetune.distributed import barrier, is_local_main_process, is_main_process, print_main, world_size
 from kubetune.errors import EXIT_TERMINATED, ConfigError, DataError
 from kubetune.inference import INFERENCE_KEY, inference_metadata
+from kubetune.train import causal_lm
 from kubetune.train.arguments import (
     Precision,
     build_training_arguments,
@@ -139,14 +145,17 @@ def train(config: RunConfig, data_uri: str, output_uri: str) -> dict[str, float]
     run = setup(config, data_uri, output_uri)
     status = "FAILED"
     try:
-        model = instantiate_model(config, run.data.label_map, run.model_path, run.tokenizer)
-        model = apply_lora(config, model)
+        if config.task == "sft":
+            model = causal_lm.apply_lora(config, causal_lm.instantiate_model(config, run.model_path, run.tokenizer))
+        else:
+            model = instantiate_model(config, run.data.label_map, run.model_path, run.tokenizer)
+            model = apply_lora(config, model)
         args = build_training_arguments(config, run.paths.checkpoints, run.precision, run.optimizer, run.configured_state)
         run.resumed_from = prepare_resume(run.paths, world_size(), config.deepspeed.enable)
         # OUT is opened only now: whatever the model build or the checkpoint check rejects leaves a finished
         # output as it was (prepare_resume only removes checkpoints that were never completed).
         run.tracker = open_output(config, run.paths)
-        trainer = build_trainer(run, model, args)
+        trainer = causal_lm.build_trainer(run, model, args) if config.task == "sft" else build_trainer(run, model, args)
         train_metrics = fit(trainer, run)
         metrics = evaluate(trainer, run, train_metrics)
         save(trainer, run, metrics)
@@ -181,26 +190,34 @@ def setup(config: RunConfig, data_uri: str, output_uri: str) -> TrainingRun:
     configure_logging()
     set_seed(config.training.seed)
     paths = OutputPaths.for_output(output_uri, config.storage)
-    check_training_keys(config)
+    sft = config.task == "sft"
+    causal_lm.check_training_keys(config) if sft else check_training_keys(config)
     precision = resolve_precision(config)
     optimizer = resolve_optimizer(config)
+    causal_lm.check_optimizer_package(optimizer)
     paths.check_is_ours()
     configured_state = init_distributed(config)  # from here on, barriers reach every rank
     data_dir, model_copy = stage_inputs(config, data_uri, paths)
-    data = load_training_data(data_dir, data_uri, config)
-    check_metric_available(config, data.label_map)
+    if sft:
+        data = causal_lm.load_training_data(data_dir, data_uri, config)
+    else:
+        data = load_training_data(data_dir, data_uri, config)
+        check_metric_available(config, data.label_map)
     model_path = resolve_model_name(config, model_copy)
     model_config = check_model(config, model_path)
-    check_model_build(config, model_config)
+    causal_lm.check_model_build(config, model_config) if sft else check_model_build(config, model_config)
     check_vocabulary(data.splits, getattr(model_config, "vocab_size", None), config)
     tokenizer_path = stage_tokenizer(config, model_path, paths.scratch)  # the data's tokenizer, or an error
-    check_tokenizer(config, data, data_uri, tokenizer_path)
+    (causal_lm.check_tokenizer if sft else check_tokenizer)(config, data, data_uri, tokenizer_path)
     tokenizer = load_tokenizer(str(tokenizer_path), config.model.trust_remote_code)
+    if sft and config.sft.chat_template:
+        tokenizer.chat_template = config.sft.chat_template  # as the data was tokenized; saved with the model
 
     label_map = data.label_map
+    what = (f"{config.sft.format} examples" if sft else
+            f"rows ({label_map.num_real_labels} classes in {label_map.max_classes} slots)")
     print_main(
-        f"training {config.model.name} on {len(data.splits[TRAIN]):,} rows ({label_map.num_real_labels} classes in "
-        f"{label_map.max_classes} slots), {world_size()} rank(s), precision {precision}, "
+        f"training {config.model.name} on {len(data.splits[TRAIN]):,} {what}, {world_size()} rank(s), precision {precision}, "
         f"{f'DeepSpeed ZeRO-{zero_stage(config)}' if config.deepspeed.enable else 'no DeepSpeed'}, output {paths.uri}"
     )
     return TrainingRun(config=config, data_uri=data_uri, paths=paths, data=data, model_path=model_path,
@@ -341,9 +358,13 @@ def save(trainer: Trainer, run: TrainingRun, metrics: dict[str, float]) -> None:
     if is_main_process():
         model = trainer.model
         metadata = model_metadata(run, model, metrics)
+        merge = config.lora.merge_on_save and config.lora.enable
         with storage.atomic_output_dir(paths.child(MODEL_DIR), "model", config.storage) as staging:
-            save_trained_model(model, run.tokenizer, label_map, staging, metadata, metrics,
-                               merge=config.lora.merge_on_save and config.lora.enable, state_dict=state_dict)
+            if config.task == "sft":
+                causal_lm.save_trained_model(model, run.tokenizer, staging, metadata, metrics, merge, state_dict)
+            else:
+                save_trained_model(model, run.tokenizer, label_map, staging, metadata, metrics, merge=merge,
+                                   state_dict=state_dict)
             (staging / TRAINING_HISTORY_FILE).write_text(json.dumps(run.history, indent=2) + "\n")
             files = sorted(p for p in staging.iterdir() if p.is_file())
             # In a pipeline the evaluate step logs the model, as the run's MLflow model: one copy, one owner.
@@ -359,7 +380,9 @@ def save(trainer: Trainer, run: TrainingRun, metrics: dict[str, float]) -> None:
                  if name.startswith(("eval_", "speed/train_")) or name in ("train_loss", "global_step")]
         print_table(["metric", "value"], shown, title=f"training finished: {paths.child(MODEL_DIR)}")
         history = TrainingHistory.from_dict(run.history)
-        if history.eval:
+        if history.eval and config.task == "sft":
+            print_table(causal_lm.HISTORY_HEADERS, causal_lm.history_table_rows(history), title="validation at each evaluation")
+        elif history.eval:
             print_table(HEADERS, table_rows(evaluation_rows(history)), title="validation at each evaluation")
             hint = more_epochs_hint(history)
             if hint:
@@ -398,24 +421,40 @@ def model_metadata(run: TrainingRun, model: nn.Module, metrics: dict[str, float]
 
         versions["deepspeed"] = deepspeed.__version__
     trainable, total = parameter_counts(model)
-    return {
+    common = {
         "base_model": config.model.name,
         "base_model_path": run.model_path,
         "architecture": type(base).__name__,
         "model_type": base.config.model_type,
         "attn_implementation": config.model.attn_implementation,
-        "pooling": pooling_of(model),
         "dtype": config.model.dtype,
         "trust_remote_code": config.model.trust_remote_code,
-        "label_column": label_map.label_column,
-        "label_slots": label_map.max_classes,
-        "num_real_labels": label_map.num_real_labels,
-        "dummy_slots": "logits masked to the lowest value (kubetune.train.loss.mask_dummy_logits)",
         "lora": lora_description(model, config.lora),
         "tokenizer": config.tokenizer_name,
-        "max_length": config.tokenize.max_length,
-        # How `kubetune predict` and the MLflow model turn raw rows into this model's inputs.
-        INFERENCE_KEY: inference_metadata(config, data_metadata),
+    }
+    if config.task == "sft":
+        task = {
+            "task": "sft",
+            "quantization": config.model.quantization,
+            "max_length": config.sft.max_seq_length,
+            # How `kubetune predict` turns rows into prompts for this model.
+            INFERENCE_KEY: {"task": "sft", "format": config.sft.format, "columns": format_columns(config.sft),
+                            "chat_template": config.sft.renders_chat, "max_seq_length": config.sft.max_seq_length},
+        }
+    else:
+        task = {
+            "pooling": pooling_of(model),
+            "label_column": label_map.label_column,
+            "label_slots": label_map.max_classes,
+            "num_real_labels": label_map.num_real_labels,
+            "dummy_slots": "logits masked to the lowest value (kubetune.train.loss.mask_dummy_logits)",
+            "max_length": config.tokenize.max_length,
+            # How `kubetune predict` and the MLflow model turn raw rows into this model's inputs.
+            INFERENCE_KEY: inference_metadata(config, data_metadata),
+        }
+    return {
+        **common,
+        **task,
         "data": {
             "uri": run.data_uri,
             "cache_key": data_metadata.get("cache_key"),
