@@ -51,7 +51,7 @@ from kubetune.train.history import (
 )
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
-STEPS = ("validate", "preprocess", "tokenize", "train", "evaluate")
+STEPS = ("validate", "preprocess", "tokenize", "train", "evaluate", "promote")
 
 
 @dataclass
@@ -71,6 +71,8 @@ class LocalRunSummary:
     # model saved without training_history.json.
     evaluations: list[EvaluationRow] = field(default_factory=list)
     training_hint: str = ""  # one line when the last evaluation was still clearly the best
+    # The promote step's result (kubetune.promotion.PromotionResult.to_dict); empty when it did not run.
+    promotion: dict[str, Any] = field(default_factory=dict)
 
 
 class PipelineTerminated(BaseException):
@@ -334,6 +336,8 @@ def _summarize(steps: dict[str, dict[str, Any]], run_id: str, runs_dir: Path, el
     if metadata.exists():
         mlflow_run_id = json.loads(metadata.read_text()).get("mlflow_run_id", "") or ""
     history = read_training_history(model_dir) if "model" in steps.get("train", {}).get("outputs", {}) else None
+    promotion_file = Path(steps.get("promote", {}).get("outputs", {}).get("promotion", ""))
+    promotion = json.loads(promotion_file.read_text()) if promotion_file.is_file() else {}
     return LocalRunSummary(
         run_id=run_id, runs_dir=str(runs_dir), seconds=round(elapsed, 1),
         step_seconds={step: steps[step]["seconds"] if step in steps else None for step in STEPS},
@@ -343,6 +347,7 @@ def _summarize(steps: dict[str, dict[str, Any]], run_id: str, runs_dir: Path, el
         mlflow_tracking_uri=tracking_uri or "", mlflow_run_id=mlflow_run_id,
         evaluations=evaluation_rows(history) if history is not None else [],
         training_hint=(more_epochs_hint(history) or "") if history is not None else "",
+        promotion=promotion,
     )
 
 
@@ -358,6 +363,10 @@ def format_summary(summary: LocalRunSummary) -> str:
     elif summary.test_metrics:
         shown = [(name, value) for name, value in summary.test_metrics.items()]
         lines.append(format_table(["test metric", "value"], shown))
+    if summary.promotion:
+        from kubetune.promotion import PromotionResult
+
+        lines.extend(PromotionResult.from_dict(summary.promotion).summary_lines())
     lines.append(f"model:       {summary.model_dir}")
     lines.append(f"report:      {summary.report}")
     if summary.mlflow_tracking_uri:
