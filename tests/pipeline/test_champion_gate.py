@@ -94,6 +94,19 @@ def test_good_is_promoted_worse_is_not_better_is(three_runs, mlflow_server):  # 
     assert json.loads((root / "worse" / "summary.json").read_text())["promotion"]["decision"] == "not promoted"
 
 
+def test_kubetune_promote_applies_the_gate_to_a_finished_run_again(three_runs, mlflow_server, capsys):  # noqa: F811
+    """By hand, with the run's own config (beside its train output) and the evaluate output its summary.json
+    names: the good run, already version 1, now loses to the champion, version 3; nothing moves."""
+    from kubetune.cli import main
+
+    _, _, runs = three_runs
+    assert main(["promote", "--run-id", "good", f"storage.runs_uri={runs['good'].runs_dir}"]) == 0
+    [line] = [line for line in capsys.readouterr().out.splitlines() if line.startswith("promotion: ")]
+    good = runs["good"].test_metrics["macro_f1"]
+    assert line.startswith(f"promotion: {NAME} version 1 not promoted: macro F1 {good:.4f} vs "), line
+    assert line.endswith("of version 3; champion stays version 3"), line
+
+
 def test_the_champion_predicts_alike_from_the_registry_the_folder_and_as_pyfunc(three_runs, mlflow_server, tmp_path):  # noqa: F811
     import mlflow
 
