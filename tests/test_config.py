@@ -156,6 +156,37 @@ def test_padding_true_is_rejected():
     assert any(p.startswith("tokenize.padding:") for p in problems_of({"tokenize": {"padding": True}}))
 
 
+def test_registered_model_name_defaults_to_the_experiment_made_valid():
+    assert validate_config({"tracking": {"experiment_name": "team/ledger:v2"}}).registered_model_name == "team-ledger-v2"
+    assert validate_config({"registry": {"model_name": "ledger-codes"}}).registered_model_name == "ledger-codes"
+
+
+@pytest.mark.parametrize("name", ["team/ledger", "a:b", "  "])
+def test_registry_model_name_must_be_one_mlflow_takes(name: str):
+    [problem] = problems_of({"registry": {"model_name": name}})
+    assert problem.startswith("registry.model_name: ") and "no / or :" in problem
+
+
+def test_promote_metric_is_one_evaluate_produces_and_the_gate_can_compare():
+    from kubetune.config import PROMOTE_METRICS
+    from kubetune.train.metrics import LABEL_METRIC_NAMES
+
+    assert PROMOTE_METRICS == LABEL_METRIC_NAMES
+    [problem] = problems_of({"promote": {"metric": "macro_f"}})
+    assert problem.startswith("promote.metric: unknown metric 'macro_f'; did you mean 'macro_f1'?")
+    [problem] = problems_of({"promote": {"metric": "top5_accuracy"}})
+    assert problem.startswith("promote.metric: ") and "needs every label's score" in problem
+
+
+def test_promote_policy_margin_and_alias():
+    assert any(p.startswith("promote.policy:") for p in problems_of({"promote": {"policy": "sometimes"}}))
+    assert any(p.startswith("promote.margin:") for p in problems_of({"promote": {"margin": -0.1}}))
+    [problem] = problems_of({"promote": {"alias": "v3"}})
+    assert problem == "promote.alias: 'v3' is reserved by MLflow (latest, v<number>); choose another alias"
+    [problem] = problems_of({"promote": {"alias": "the champion"}})
+    assert problem.startswith("promote.alias: 'the champion' is not an alias MLflow takes")
+
+
 def test_percentiles_in_range():
     assert any(p.startswith("tokenize.diagnostics.percentiles:") for p in problems_of({"tokenize": {"diagnostics": {"percentiles": [50, 120]}}}))
 

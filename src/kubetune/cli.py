@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "tokenize": "tokenize",
     "train": "train",
     "evaluate": "evaluate",
+    "promote": "promote",
     "predict": "predict",
     "demo-data": "demo_data",
     "run": "run",

@@ -555,6 +555,86 @@ class TrackingConfig(Section):
     )
 
 
+# ----------------------------------------------------------------------------------------- registry
+# MLflow refuses these in a registered model's name.
+_NOT_IN_MODEL_NAMES = ("/", ":")
+
+
+def registered_model_name(experiment_name: str) -> str:
+    """A valid registered-model name made from an experiment name: what MLflow refuses in one becomes `-`."""
+    name = experiment_name.strip()
+    for character in _NOT_IN_MODEL_NAMES:
+        name = name.replace(character, "-")
+    return name
+
+
+class RegistryConfig(Section):
+    model_name: str | None = Field(
+        None,
+        description="The MLflow registered model each successful run adds its model to as a new version (then "
+        "`models:/<name>@champion` is the champion: see `promote`); unset: `tracking.experiment_name`, with any "
+        "`/` or `:` (which MLflow refuses in a name) made `-`.",
+    )
+
+    @field_validator("model_name")
+    @classmethod
+    def _valid_name(cls, value: str | None) -> str | None:
+        if value is not None and (not value.strip() or any(c in value for c in _NOT_IN_MODEL_NAMES)):
+            raise ValueError(f"{value!r} is not a registered model name MLflow takes: not empty, no / or :")
+        return value
+
+
+# ------------------------------------------------------------------------------------------ promote
+# The metrics the gate compares (kubetune.train.metrics.LABEL_METRIC_NAMES, which a test holds equal): those of
+# metrics.json that come from the predicted labels alone, so that two models can be scored on the same rows.
+PROMOTE_METRICS = ("accuracy", "macro_f1", "weighted_f1", "macro_precision", "macro_recall",
+                   "weighted_precision", "weighted_recall")
+
+
+class PromoteConfig(Section):
+    policy: Literal["gate", "always", "never"] = Field(
+        "gate",
+        description="What the promote step (after evaluate) does with the newly registered version: `gate` moves "
+        "the `alias` to it only when it beats the TF-IDF baseline on accuracy and macro F1 (unless "
+        "`evaluate.baseline: none`) and beats the current champion, scored on the candidate's own test rows, on "
+        "`metric` by more than `margin` (the first model is promoted when it beats the baseline); `always` moves it whatever the figures; `never` leaves the "
+        "alias for a person to move (`kubetune promote ... promote.policy=always`).",
+    )
+    metric: str = Field(
+        "macro_f1", description=f"The test metric the gate compares: one of {', '.join(PROMOTE_METRICS)}."
+    )
+    margin: float = Field(
+        0.0, ge=0.0,
+        description="How much the candidate must beat the champion on `metric` by: strictly more than this "
+        "(0: any improvement; a tie keeps the champion).",
+    )
+    alias: str = Field(
+        "champion", max_length=255,
+        description="The registered model's alias that marks the model in use (`models:/<name>@<alias>`).",
+    )
+
+    @field_validator("metric")
+    @classmethod
+    def _known_metric(cls, value: str) -> str:
+        if value not in PROMOTE_METRICS:
+            close = difflib.get_close_matches(value, PROMOTE_METRICS, n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"unknown metric {value!r}{hint} (one of {', '.join(PROMOTE_METRICS)}; top5_accuracy "
+                             "can't be compared across models, it needs every label's score)")
+        return value
+
+    @field_validator("alias")
+    @classmethod
+    def _not_reserved(cls, value: str) -> str:
+        import re
+
+        if not re.fullmatch(r"[\w-]+", value):
+            raise ValueError(f"{value!r} is not an alias MLflow takes: letters, digits, _ and - only")
+        if value.lower() == "latest" or re.fullmatch(r"[vV]\d+", value):
+            raise ValueError(f"{value!r} is reserved by MLflow (latest, v<number>); choose another alias")
+        return value
+
+
 # ----------------------------------------------------------------------------------------- storage
 class StorageConfig(Section):
     endpoint_url: str | None = Field(
@@ -636,8 +716,9 @@ class ClusterConfig(Section):
     evaluate_gpus: int = Field(
         0,
         ge=0,
-        description="GPUs the pods of the evaluate step and of the batch-scoring pipeline's predict step request "
-        "(scoring is forward passes only); 0: they run on the CPU, so a CPU-only cluster can schedule them.",
+        description="GPUs the pods of the evaluate and promote steps (promote scores the champion) and of the "
+        "batch-scoring pipeline's predict step request (scoring is forward passes only); 0: they run on the CPU, so "
+        "a CPU-only cluster can schedule them.",
     )
     timeout_seconds: int = Field(86400, gt=0, description="The train step fails (and deletes the job) after this long.")
     ttl_seconds_after_finished: int = Field(86400, ge=0, description="The finished job is deleted after this long.")
@@ -792,6 +873,8 @@ class RunConfig(Section):
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     predict: PredictConfig = Field(default_factory=PredictConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    registry: RegistryConfig = Field(default_factory=RegistryConfig)
+    promote: PromoteConfig = Field(default_factory=PromoteConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
     sft: SftConfig = Field(default_factory=SftConfig)
@@ -806,6 +889,10 @@ class RunConfig(Section):
     @property
     def tokenizer_name(self) -> str:
         return self.tokenize.model_name or self.model.name
+
+    @property
+    def registered_model_name(self) -> str:
+        return self.registry.model_name or registered_model_name(self.tracking.experiment_name)
 
     @model_validator(mode="after")
     def _cross_section(self) -> RunConfig:

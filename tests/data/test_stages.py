@@ -31,7 +31,10 @@ def test_preprocess_output_layout_and_metadata(tmp_path: Path, data: Path):
         "_COMPLETE", "dataset_dict.json", "dataset_metadata.json", "label_map.json", "test", "train", "validation"]
     dataset = datasets.load_from_disk(str(out))
     assert list(dataset) == ["train", "validation", "test"]
-    assert dataset["train"].column_names == ["text", "labels", "line_id"]
+    assert dataset["train"].column_names == dataset["validation"].column_names == ["text", "labels", "line_id"]
+    # The test split also keeps each row's raw columns but the label (the champion gate scores other models on them).
+    raw = ["raw.line_id", "raw.supplier", "raw.description", "raw.amount", "raw.payment_date"]
+    assert dataset["test"].column_names == ["text", "labels", "line_id", *raw]
     assert dataset["train"].features["labels"] == datasets.Value("int64")
     assert result == stages.PreprocessResult(str(out), {"train": 70, "validation": 10, "test": 20}, 4, 6, False, result.cache_key)
 
@@ -51,6 +54,7 @@ def test_preprocess_output_layout_and_metadata(tmp_path: Path, data: Path):
     names = metadata["label_map"]["labels"]
     for row in dataset["test"]:
         assert names[row["labels"]] == frame.loc[row["line_id"], "account_code"]
+        assert row["raw.amount"] == frame.loc[row["line_id"], "amount"] and row["raw.line_id"] == row["line_id"]
         assert row["text"].startswith(f"supplier: {frame.loc[row['line_id'], 'supplier']}, description: order ")
 
 

@@ -36,6 +36,8 @@ def test_unpadded_ids_and_length_column(tmp_path: Path, tiny_bert: Path, preproc
     tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
     assert result.rows == {"train": 70, "validation": 10, "test": 20}
     assert out["train"].column_names == ["input_ids", "attention_mask", "labels", "length", "text", "line_id"]
+    raw = [c for c in datasets.load_from_disk(str(preprocessed))["test"].column_names if c.startswith("raw.")]
+    assert raw and out["test"].column_names == [*out["train"].column_names, *raw]  # the test split's raw columns stay
     assert out["train"].features["labels"] == datasets.Value("int64")
     texts = texts_of(preprocessed, "train")
     expected = tokenizer(texts, truncation=True, max_length=64)["input_ids"]

@@ -11,7 +11,7 @@ from kfp import components
 from kubetune.pipeline.compile import COMPONENTS_DIR, PIPELINE_FILE, PREDICT_PIPELINE_FILE, compile_all
 
 REPO = Path(__file__).resolve().parents[2]
-STEP_NAMES = ("validate", "preprocess", "tokenize", "train", "evaluate")
+STEP_NAMES = ("validate", "preprocess", "tokenize", "train", "evaluate", "promote")
 COMPONENT_NAMES = (*STEP_NAMES, "finalize")
 
 
@@ -72,6 +72,10 @@ def test_pipeline_tasks_run_in_order_and_pass_artifacts(pipeline_spec):
     assert set(tasks["evaluate"].dependent_tasks) == {"validate", "train", "tokenize"}
     model_input = tasks["evaluate"].inputs.artifacts["model"].task_output_artifact
     assert (model_input.producer_task, model_input.output_artifact_key) == ("train", "model")
+    # The champion gate reads the evaluate output (its metrics, predictions and the raw test rows).
+    assert set(tasks["promote"].dependent_tasks) == {"validate", "evaluate"}
+    evaluation = tasks["promote"].inputs.artifacts["evaluation"].task_output_artifact
+    assert (evaluation.producer_task, evaluation.output_artifact_key) == ("evaluate", "evaluation")
 
 
 def test_only_the_data_steps_are_cached(pipeline_spec):
@@ -91,6 +95,7 @@ def test_pipeline_outputs_and_artifact_types(pipeline_spec):
             "metrics": "system.Metrics@0.0.1", "classification": "system.ClassificationMetrics@0.0.1",
             "report": "system.HTML@0.0.1", "evaluation": "system.Artifact@0.0.1",
         },
+        "promote": {"summary": "system.Markdown@0.0.1", "promotion": "system.Artifact@0.0.1"},
     }
     for name, artifact_types in expected.items():
         component = components.load_component_from_file(str(REPO / COMPONENTS_DIR / f"{name}.yaml"))
@@ -106,7 +111,8 @@ def test_steps_start_from_the_kubetune_images_without_installing_anything():
     images = {name: executor["container"]["image"] for name, executor in executors.items()}
     assert images == {
         "exec-validate": COMPONENT_IMAGE, "exec-preprocess": COMPONENT_IMAGE, "exec-tokenize": COMPONENT_IMAGE,
-        "exec-train": COMPONENT_IMAGE, "exec-evaluate": TRAINER_IMAGE, "exec-finalize": COMPONENT_IMAGE,
+        "exec-train": COMPONENT_IMAGE, "exec-evaluate": TRAINER_IMAGE, "exec-promote": TRAINER_IMAGE,
+        "exec-finalize": COMPONENT_IMAGE,
     }
     for name, executor in executors.items():
         assert "pip install" not in " ".join(executor["container"]["command"]), name
@@ -122,17 +128,19 @@ def test_evaluate_requests_gpus_on_the_gpu_nodes_only_when_configured(tmp_path):
     compile_all(tmp_path, cluster)
     spec, platform = yaml.safe_load_all((tmp_path / PIPELINE_FILE).read_text())
     executors = spec["deploymentSpec"]["executors"]
-    accelerator = executors["exec-evaluate"]["container"]["resources"]["accelerator"]
-    assert (accelerator["resourceType"], accelerator["resourceCount"]) == ("nvidia.com/gpu", "1")
+    for name in ("exec-evaluate", "exec-promote"):  # promote scores the champion: forward passes like evaluate's
+        accelerator = executors[name]["container"]["resources"]["accelerator"]
+        assert (accelerator["resourceType"], accelerator["resourceCount"]) == ("nvidia.com/gpu", "1")
+        on_gpus = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"][name]
+        assert on_gpus["nodeSelector"] == {"labels": {"nvidia.com/gpu.present": "true"}}
+        assert on_gpus["tolerations"] == [{"effect": "NoSchedule", "key": "nvidia.com/gpu", "operator": "Exists"}]
     others = [name for name, executor in executors.items() if "accelerator" in executor["container"].get("resources", {})]
-    assert others == ["exec-evaluate"]
-    evaluate = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-evaluate"]
-    assert evaluate["nodeSelector"] == {"labels": {"nvidia.com/gpu.present": "true"}}
-    assert evaluate["tolerations"] == [{"effect": "NoSchedule", "key": "nvidia.com/gpu", "operator": "Exists"}]
+    assert sorted(others) == ["exec-evaluate", "exec-promote"]
 
 
 @pytest.mark.parametrize(("file", "executors"), [
-    (PIPELINE_FILE, ("exec-validate", "exec-preprocess", "exec-tokenize", "exec-train", "exec-evaluate", "exec-finalize")),
+    (PIPELINE_FILE, ("exec-validate", "exec-preprocess", "exec-tokenize", "exec-train", "exec-evaluate", "exec-promote",
+                     "exec-finalize")),
     (PREDICT_PIPELINE_FILE, ("exec-predict",)),
 ])
 def test_credentials_come_from_secrets_by_name_only(file, executors):

@@ -91,3 +91,24 @@ def test_without_a_baseline_the_table_is_the_models_alone():
     text = format_summary(compared({"accuracy": 0.40, "macro_f1": 0.20}, {}))
     assert "baseline" not in text and "does not beat" not in text
     assert any(line.split() == ["test", "metric", "value"] for line in text.splitlines())
+
+
+def test_the_promotion_lines_follow_the_metrics_and_summarize_reads_them(tmp_path: Path):
+    from kubetune.promotion import PromotionResult
+
+    result = PromotionResult(model_name="kubetune-demo", alias="champion", policy="gate", metric="macro_f1", margin=0.0,
+                             version="2", promoted=False, reason="macro F1 0.4100 vs 0.5500 of version 1",
+                             candidate=0.41, champion=0.55, champion_version="1", compared_rows=90, excluded_rows=10,
+                             test_rows=100)
+    (tmp_path / "promotion").write_text(json.dumps(result.to_dict()))
+    steps = {"promote": {"seconds": 3.0, "outputs": {"promotion": str(tmp_path / "promotion")}}}
+    found = _summarize(steps, "r1", tmp_path, 1.0, None)
+    assert found.promotion == result.to_dict() and asdict(found)["promotion"]["decision"] == "not promoted"
+    lines = format_summary(found).splitlines()
+    said = [line for line in lines if line.startswith("promotion: ")]
+    assert said == [
+        "promotion: kubetune-demo version 2 not promoted: macro F1 0.4100 vs 0.5500 of version 1; champion stays version 1",
+        "promotion: compared with the champion on 90 of 100 test rows: 10 rows have a label version 1 was never trained on",
+    ]
+    assert lines.index(said[-1]) + 1 == next(i for i, line in enumerate(lines) if line.startswith("model:"))
+    assert "promotion" not in format_summary(summary())  # a run whose promote step did not run

@@ -58,9 +58,14 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 DIAGNOSTICS_FILE = "tokenize_diagnostics.json"
-# Bumped when the tokenize output's columns change, so a cached output of the old layout is made again
-# (2: the serialized `text` column is kept for the evaluate step's baseline).
-TOKENIZED_LAYOUT = 2
+# Bumped when an output's columns change, so a cached output of the old layout is made again.
+# Preprocess 2 / tokenize 3: the test split keeps its rows' raw columns (RAW_PREFIX), which the champion gate
+# scores the current champion on (tokenize 2: the serialized `text` column is kept for the evaluate step's baseline).
+PREPROCESSED_LAYOUT = 2
+TOKENIZED_LAYOUT = 3
+# The test split's raw data columns, as `raw.<column>`: every column but the label, whatever the model reads, so
+# that a model trained on other columns or serialized otherwise (the champion) can be scored on the same rows.
+RAW_PREFIX = "raw."
 # Output columns the stages make; a retained column of the same name would be overwritten.
 RESERVED_COLUMNS = ("text", "labels", "input_ids", "attention_mask", "token_type_ids", "length")
 # Files of a preprocess output that don't decide its content: datasets' random fingerprints, the
@@ -187,6 +192,7 @@ def preprocess_cache_key(config: RunConfig, sources: dict[str, str]) -> tuple[st
     key = cache.digest({
         "stage": "preprocess",
         "kubetune_version": __version__,
+        "layout": PREPROCESSED_LAYOUT,
         "inputs": {k: {f: v for f, v in c.items() if f != "uri"} for k, c in inputs.items()},
         "config": neutral.fingerprint("data", "split", "serialize"),
     })
@@ -326,6 +332,9 @@ def _labelize_and_serialize(
         frame, labels = parts[name]
         needed = list(dict.fromkeys([*text_columns, *retain]))
         table = frame[needed].reset_index(drop=True)
+        raw = [f"{RAW_PREFIX}{c}" for c in frame.columns if c != config.split.label_column] if name == TEST else []
+        for column in raw:
+            table[column] = frame[column.removeprefix(RAW_PREFIX)].reset_index(drop=True)
         # The label goes in as text under a private name: the label column itself may be retained.
         table["__label__"] = labels.to_numpy()
         split = datasets.Dataset.from_pandas(table, preserve_index=False)
@@ -340,9 +349,9 @@ def _labelize_and_serialize(
                        "include_column_names": config.serialize.include_column_names,
                        "significant_digits": config.serialize.significant_digits},
             num_proc=_procs(config.serialize.num_proc, len(split)), desc=f"serialize {name}",
-            remove_columns=[c for c in split.column_names if c not in retain and c != "labels"],
+            remove_columns=[c for c in split.column_names if c not in retain and c not in raw and c != "labels"],
         )
-        split = split.select_columns(["text", "labels", *retain])
+        split = split.select_columns(["text", "labels", *retain, *raw])
         if split.features["labels"] != datasets.Value("int64"):
             split = split.cast_column("labels", datasets.Value("int64"))
         empty = sum(1 for text in split["text"] if not text)
@@ -477,10 +486,14 @@ def _tokenize_into(config: RunConfig, tokenizer, tokenizer_hash: str, input_uri:
 
     diagnostics = _diagnostics(config, encoded, tokenizer, label_map)
     columns = [c for c in ("input_ids", "token_type_ids", "attention_mask") if c in encoded[TRAIN].column_names]
-    # The serialized text stays: the evaluate step fits its baseline on exactly what the model reads.
-    retained = [c for c in encoded[TRAIN].column_names if c not in {*columns, "labels", "length", "full_length", "text"}]
-    kept = [*columns, "labels", "length", "text", *retained]
-    result_set = datasets.DatasetDict({name: split.select_columns(kept) for name, split in encoded.items()})
+    # The serialized text stays: the evaluate step fits its baseline on exactly what the model reads. So do the
+    # retained columns, and the test split's raw columns.
+    def kept_columns(split: datasets.Dataset) -> list[str]:
+        retained = [c for c in split.column_names if c not in {*columns, "labels", "length", "full_length", "text"}]
+        return [*columns, "labels", "length", "text", *retained]
+
+    kept = kept_columns(encoded[TRAIN])
+    result_set = datasets.DatasetDict({name: split.select_columns(kept_columns(split)) for name, split in encoded.items()})
     metadata = {
         **input_metadata,
         "tokenize": {

@@ -2,7 +2,8 @@
 
 EVALUATION/ holds metrics.json (the same metrics as training, over the real classes), confusion.json
 (the full matrix), per_class.csv, predictions.parquet (one row per test row: the retained columns,
-the true and predicted label and the model's confidence), confusion.png and report.html; and
+the true and predicted label and the model's confidence), test_rows.parquet (the same rows' raw data
+columns, for the champion gate), confusion.png and report.html; and
 learning_curves.png when the model folder has a training_history.json (kubetune.train.history).
 Unless `evaluate.baseline: none`, a TF-IDF + linear baseline (kubetune.evaluation.baseline), fit on
 the train split's serialized text, is scored on the same rows: baseline_metrics.json (the same keys
@@ -23,6 +24,7 @@ import numpy as np
 
 from kubetune import storage
 from kubetune.config import RunConfig
+from kubetune.data.stages import RAW_PREFIX
 from kubetune.errors import DataError
 from kubetune.evaluation.baseline import BASELINE_METRICS_FILE
 from kubetune.evaluation.curves import learning_curves_png
@@ -42,6 +44,7 @@ logger = logging.getLogger(__name__)
 SHOWN_CLASSES = 25
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 LEARNING_CURVES_FILE = "learning_curves.png"
+TEST_ROWS_FILE = "test_rows.parquet"  # the scored rows' raw columns (kubetune.promotion scores the champion on them)
 
 
 @dataclass(frozen=True)
@@ -140,6 +143,7 @@ def evaluate(
             (out / "confusion.json").write_text(json.dumps({"labels": real, "matrix": matrix.tolist()}) + "\n")
             _write_per_class(out / "per_class.csv", class_rows)
             _write_predictions(out / "predictions.parquet", rows, labels, predictions, logits, label_map)
+            _write_test_rows(out / TEST_ROWS_FILE, rows)
             png = confusion_png(folded_labels, folded)
             (out / "confusion.png").write_bytes(png)
             facts = {
@@ -222,13 +226,23 @@ def _write_predictions(path: Path, rows, labels, predictions, logits, label_map)
     shifted = np.exp(real - real.max(axis=1, keepdims=True))
     confidence = (shifted.max(axis=1) / shifted.sum(axis=1)) if len(real) else np.zeros(0)
     names = label_map.labels
-    retained = [c for c in rows.column_names if c not in (*MODEL_INPUTS, "labels", "length", "text")]
+    retained = [c for c in rows.column_names if c not in (*MODEL_INPUTS, "labels", "length", "text")
+                and not c.startswith(RAW_PREFIX)]
     frame = pd.DataFrame({c: rows[c] for c in retained})
     frame["label"] = [names[i] for i in labels]
     frame["predicted"] = [names[i] for i in predictions]
     frame["confidence"] = confidence.astype(np.float32)
     frame["correct"] = labels == predictions
     frame.to_parquet(path, index=False)
+
+
+def _write_test_rows(path: Path, rows) -> None:
+    """The scored rows' raw columns (the data's own names and values, label aside), in the order of
+    predictions.parquet: what the champion gate (kubetune.promotion) scores the current champion on. Data
+    preprocessed before the test split kept its raw columns has none: no file."""
+    raw = [c for c in rows.column_names if c.startswith(RAW_PREFIX)]
+    if raw:
+        rows.select_columns(raw).to_pandas().rename(columns=lambda c: c.removeprefix(RAW_PREFIX)).to_parquet(path, index=False)
 
 
 def _log_to_mlflow(config: RunConfig, run_id: str, split: str, metrics: dict[str, float], out: Path,

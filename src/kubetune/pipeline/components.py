@@ -45,7 +45,8 @@ def validate(
 
 @dsl.component(base_image=COMPONENT_IMAGE, install_kfp_package=False)
 def preprocess(config: str, data_fingerprint: str, dataset: Output[Dataset]):
-    """Load, split, labelize and serialize the data (`data_fingerprint` makes KFP's cache content-aware)."""
+    """Load, split, labelize and serialize the data; the test split keeps its raw columns for the champion gate
+    (`data_fingerprint` makes KFP's cache content-aware)."""
     from kubetune.pipeline.steps import preprocess_step, run_step
 
     summary = run_step("preprocess", lambda: preprocess_step(config, dataset.path))
@@ -54,7 +55,7 @@ def preprocess(config: str, data_fingerprint: str, dataset: Output[Dataset]):
 
 @dsl.component(base_image=COMPONENT_IMAGE, install_kfp_package=False)
 def tokenize(config: str, data: Input[Dataset], dataset: Output[Dataset], diagnostics: Output[Markdown]):
-    """Tokenize the text; the token-length diagnostics show in the KFP UI."""
+    """Tokenize the text (the test split's raw columns pass through); the token-length diagnostics show in the KFP UI."""
     from kubetune.pipeline.steps import run_step, tokenize_step
 
     run_step("tokenize", lambda: tokenize_step(config, data.path, dataset.path, diagnostics.path))
@@ -101,6 +102,24 @@ def evaluate(
     shutil.copyfile(result.report_path, report.path)
 
 
+@dsl.component(base_image=TRAINER_IMAGE, install_kfp_package=False)
+def promote(
+    config: str,
+    evaluation: Input[Artifact],
+    run_id: str,
+    mlflow_run_id: str,
+    summary: Output[Markdown],
+    promotion: Output[Artifact],
+):
+    """Register the model as a new version; the champion gate (promote.policy) decides whether the alias moves to it."""
+    from kubetune.pipeline.steps import promote_step, run_step
+
+    result = run_step("promote", lambda: promote_step(config, evaluation.path, run_id, mlflow_run_id, summary.path,
+                                                      promotion.path),
+                      outputs={"summary": summary.path, "promotion": promotion.path})
+    promotion.metadata.update({k: v for k, v in result.items() if isinstance(v, (str, int, float, bool))})
+
+
 @dsl.component(base_image=COMPONENT_IMAGE, install_kfp_package=False)
 def finalize(
     config: str,
@@ -142,4 +161,4 @@ def predict(
 
 
 COMPONENTS = {"validate": validate, "preprocess": preprocess, "tokenize": tokenize, "train": train, "evaluate": evaluate,
-              "finalize": finalize, "predict": predict}
+              "promote": promote, "finalize": finalize, "predict": predict}

@@ -51,7 +51,7 @@ from kubetune.train.history import (
 )
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
-STEPS = ("validate", "preprocess", "tokenize", "train", "evaluate")
+STEPS = ("validate", "preprocess", "tokenize", "train", "evaluate", "promote")
 
 
 @dataclass
@@ -72,6 +72,8 @@ class LocalRunSummary:
     evaluations: list[EvaluationRow] = field(default_factory=list)
     training_hint: str = ""  # one line when the last evaluation was still clearly the best
     task: str = "classification"  # the model's (model_metadata.json); sft shows perplexity, not accuracy
+    # The promote step's result (kubetune.promotion.PromotionResult.to_dict); empty when it did not run.
+    promotion: dict[str, Any] = field(default_factory=dict)
 
 
 class PipelineTerminated(BaseException):
@@ -337,6 +339,8 @@ def _summarize(steps: dict[str, dict[str, Any]], run_id: str, runs_dir: Path, el
         mlflow_run_id = written.get("mlflow_run_id", "") or ""
         task = written.get("task", "classification")
     history = read_training_history(model_dir) if "model" in steps.get("train", {}).get("outputs", {}) else None
+    promotion_file = Path(steps.get("promote", {}).get("outputs", {}).get("promotion", ""))
+    promotion = json.loads(promotion_file.read_text()) if promotion_file.is_file() else {}
     return LocalRunSummary(
         run_id=run_id, runs_dir=str(runs_dir), seconds=round(elapsed, 1),
         step_seconds={step: steps[step]["seconds"] if step in steps else None for step in STEPS},
@@ -347,6 +351,7 @@ def _summarize(steps: dict[str, dict[str, Any]], run_id: str, runs_dir: Path, el
         evaluations=evaluation_rows(history) if history is not None else [],
         training_hint=(more_epochs_hint(history) or "") if history is not None else "",
         task=task,
+        promotion=promotion,
     )
 
 
@@ -368,6 +373,10 @@ def format_summary(summary: LocalRunSummary) -> str:
     elif summary.test_metrics:
         shown = [(name, value) for name, value in summary.test_metrics.items()]
         lines.append(format_table(["test metric", "value"], shown))
+    if summary.promotion:
+        from kubetune.promotion import PromotionResult
+
+        lines.extend(PromotionResult.from_dict(summary.promotion).summary_lines())
     lines.append(f"model:       {summary.model_dir}")
     lines.append(f"report:      {summary.report}")
     if summary.mlflow_tracking_uri:

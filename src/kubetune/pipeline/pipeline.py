@@ -1,4 +1,4 @@
-"""The kubetune pipeline: validate → preprocess → tokenize → train → evaluate.
+"""The kubetune pipeline: validate → preprocess → tokenize → train → evaluate → promote.
 
 Parameters are what users change per run; everything else comes from the config. Empty strings and
 zeros mean "as in the config".
@@ -9,7 +9,7 @@ from kfp import dsl, kubernetes
 
 from kubetune.cluster.job import MLFLOW_SECRET_KEYS
 from kubetune.config import ClusterConfig
-from kubetune.pipeline.components import evaluate, finalize, preprocess, tokenize, train, validate
+from kubetune.pipeline.components import evaluate, finalize, preprocess, promote, tokenize, train, validate
 
 PIPELINE_NAME = "kubetune"
 
@@ -20,7 +20,7 @@ def kubetune_pipeline_for(cluster: ClusterConfig):
     @dsl.pipeline(
         name=PIPELINE_NAME,
         description="Fine-tune a transformer classifier with LoRA and DeepSpeed ZeRO-2: validate, preprocess, "
-        "tokenize, train (PyTorchJob or TrainJob), evaluate.",
+        "tokenize, train (PyTorchJob or TrainJob), evaluate, promote (the model registry and the champion gate).",
     )
     def kubetune(
         config: str = "",
@@ -72,11 +72,16 @@ def kubetune_pipeline_for(cluster: ClusterConfig):
                 config=checked.outputs["run_config"], model=trained.outputs["model"], data=tokenized.outputs["dataset"],
                 mlflow_run_id=checked.outputs["mlflow_run_id"],
             ).set_display_name("evaluate").set_caching_options(False)
+            promoted = promote(
+                config=checked.outputs["run_config"], evaluation=evaluated.outputs["evaluation"],
+                run_id=checked.outputs["run_id"], mlflow_run_id=checked.outputs["mlflow_run_id"],
+            ).set_display_name("promote").set_caching_options(False)  # the registry changes between runs
 
-        for task in (checked, prepared, tokenized, trained, evaluated, closing):
+        for task in (checked, prepared, tokenized, trained, evaluated, promoted, closing):
             _use_cluster_settings(task, cluster)
-        if cluster.evaluate_gpus:
+        if cluster.evaluate_gpus:  # promote scores the champion: the same forward passes as evaluate
             _use_gpus(evaluated, cluster)
+            _use_gpus(promoted, cluster)
         # No pipeline outputs: KFP takes them only from outside the exit handler; the steps' artifacts are
         # in the run's graph (and `kubetune run` reads their paths from the steps' records).
 

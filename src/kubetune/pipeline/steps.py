@@ -275,6 +275,32 @@ def evaluate_step(config: str, model_path: str, data_path: str, output_path: str
                     mlflow_run_id=mlflow_run_id or None)
 
 
+def promote_step(config: str, evaluation_path: str, run_id: str, mlflow_run_id: str, summary_path: str,
+                 promotion_path: str) -> dict[str, Any]:
+    """Register the run's model and apply promote.policy (kubetune.promotion): the Markdown summary at
+    `summary_path`, the result as JSON at `promotion_path`; returns it as a dict."""
+    import logging
+
+    from kubetune import tracking
+    from kubetune.promotion import not_registered, promote_run
+
+    resolved = config_from_yaml_text(config, "run config")
+    uri = tracking.tracking_uri(resolved) if resolved.tracking.enable else None
+    try:
+        result = promote_run(resolved, evaluation_uri=evaluation_path, mlflow_run_id=mlflow_run_id or None,
+                             run_id=run_id, tracking_uri=uri)
+    except KubetuneError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - tracking never fails a run: the summary says what happened
+        logging.getLogger(__name__).warning("promote: the MLflow registry failed", exc_info=True)
+        result = not_registered(resolved, exc, uri)
+    for line in result.summary_lines():
+        print(line, flush=True)
+    Path(summary_path).write_text(result.to_markdown())
+    Path(promotion_path).write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+    return result.to_dict()
+
+
 # --------------------------------------------------------------------------------- batch scoring
 # In the predict pipeline's `output_uri`, replaced by the run id: a schedule's runs each write their own file.
 RUN_ID_PLACEHOLDER = "{run_id}"

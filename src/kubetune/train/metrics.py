@@ -24,6 +24,8 @@ METRIC_NAMES: tuple[str, ...] = (
     "accuracy", "macro_f1", "weighted_f1", "macro_precision", "macro_recall",
     "weighted_precision", "weighted_recall", f"top{TOP_K}_accuracy",
 )
+# Those computed from the predicted labels alone (label_metrics); top-5 accuracy needs every label's score.
+LABEL_METRIC_NAMES: tuple[str, ...] = METRIC_NAMES[:-1]
 LOWER_IS_BETTER = frozenset({"loss", "perplexity"})  # perplexity: task: sft
 
 
@@ -39,11 +41,23 @@ def real_class_predictions(logits: np.ndarray, num_real_labels: int) -> np.ndarr
 def classification_metrics(logits: np.ndarray, labels: np.ndarray, num_real_labels: int) -> dict[str, float]:
     """Accuracy, macro/weighted F1, precision and recall (zero_division=0), and top-5 accuracy when
     there are more than 5 real classes — over the real classes in `labels` ∪ predictions only."""
-    from sklearn.metrics import precision_recall_fscore_support
-
     logits = np.asarray(logits)
     labels = np.asarray(labels).reshape(-1)
     predictions = real_class_predictions(logits, num_real_labels)
+    metrics = label_metrics(labels, predictions)
+    if num_real_labels > TOP_K:
+        top = np.argpartition(-logits[:, :num_real_labels], TOP_K - 1, axis=-1)[:, :TOP_K]
+        metrics[f"top{TOP_K}_accuracy"] = float((top == labels[:, None]).any(axis=-1).mean()) if len(labels) else 0.0
+    return metrics
+
+
+def label_metrics(labels, predictions) -> dict[str, float]:
+    """The metrics that depend on the predicted label alone (LABEL_METRIC_NAMES), for labels of any kind: slot ids,
+    or label names (the champion gate compares two models whose label maps differ by name)."""
+    from sklearn.metrics import precision_recall_fscore_support
+
+    labels = np.asarray(labels).reshape(-1)
+    predictions = np.asarray(predictions).reshape(-1)
     # zero_division=0 still applies inside this set: a class predicted but never present has recall 0
     # and F1 0, a class present but never predicted has precision 0 and F1 0.
     classes = sorted(set(labels.tolist()) | set(predictions.tolist()))
@@ -58,9 +72,6 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray, num_real_labe
         metrics[f"{average}_f1"] = float(f1)
         metrics[f"{average}_precision"] = float(precision)
         metrics[f"{average}_recall"] = float(recall)
-    if num_real_labels > TOP_K:
-        top = np.argpartition(-logits[:, :num_real_labels], TOP_K - 1, axis=-1)[:, :TOP_K]
-        metrics[f"top{TOP_K}_accuracy"] = float((top == labels[:, None]).any(axis=-1).mean()) if len(labels) else 0.0
     return metrics
 
 
