@@ -589,6 +589,9 @@ class RegistryConfig(Section):
 # metrics.json that come from the predicted labels alone, so that two models can be scored on the same rows.
 PROMOTE_METRICS = ("accuracy", "macro_f1", "weighted_f1", "macro_precision", "macro_recall",
                    "weighted_precision", "weighted_recall")
+# task: sft's (= kubetune.evaluation.sft.GATE_METRICS, which a test holds equal): the test loss per trained token
+# (lower is better), or exact match of the generated sample (sft.eval_generations).
+SFT_PROMOTE_METRICS = ("loss", "exact_match")
 
 
 class PromoteConfig(Section):
@@ -601,7 +604,9 @@ class PromoteConfig(Section):
         "alias for a person to move (`kubetune promote ... promote.policy=always`).",
     )
     metric: str = Field(
-        "macro_f1", description=f"The test metric the gate compares: one of {', '.join(PROMOTE_METRICS)}."
+        "macro_f1", description=f"The test metric the gate compares: one of {', '.join(PROMOTE_METRICS)}; with "
+        f"task: sft one of {', '.join(SFT_PROMOTE_METRICS)} (default loss: the test loss per trained token, lower is "
+        "better; exact_match needs sft.eval_generations)."
     )
     margin: float = Field(
         0.0, ge=0.0,
@@ -616,11 +621,13 @@ class PromoteConfig(Section):
     @field_validator("metric")
     @classmethod
     def _known_metric(cls, value: str) -> str:
-        if value not in PROMOTE_METRICS:
-            close = difflib.get_close_matches(value, PROMOTE_METRICS, n=1, cutoff=0.6)
+        known = PROMOTE_METRICS + SFT_PROMOTE_METRICS
+        if value not in known:
+            close = difflib.get_close_matches(value, known, n=1, cutoff=0.6)
             hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ValueError(f"unknown metric {value!r}{hint} (one of {', '.join(PROMOTE_METRICS)}; top5_accuracy "
-                             "can't be compared across models, it needs every label's score)")
+            raise ValueError(f"unknown metric {value!r}{hint} (one of {', '.join(PROMOTE_METRICS)}; with task: sft "
+                             f"{' or '.join(SFT_PROMOTE_METRICS)}; top5_accuracy can't be compared across models, it "
+                             "needs every label's score)")
         return value
 
     @field_validator("alias")
@@ -917,6 +924,9 @@ class RunConfig(Section):
             if self.lora.task_type != "SEQ_CLS":
                 raise ValueError(f"lora.task_type: {self.lora.task_type} trains a causal LM; set task: sft, or "
                                  "lora.task_type: SEQ_CLS for a classifier")
+            if self.promote.metric not in PROMOTE_METRICS:
+                raise ValueError(f"promote.metric: {self.promote.metric} scores task: sft models; a classifier is "
+                                 f"compared on one of {', '.join(PROMOTE_METRICS)}")
         return self
 
     def _check_not_set(self, keys: tuple[str, ...], task: str) -> None:
@@ -944,6 +954,14 @@ class RunConfig(Section):
             self.evaluate.baseline = "none"
         elif self.evaluate.baseline != "none":
             raise ValueError("evaluate.baseline: the TF-IDF baseline scores classifiers; task: sft has none (set none)")
+        if "metric" not in self.promote.model_fields_set:
+            self.promote.metric = "loss"
+        elif self.promote.metric not in SFT_PROMOTE_METRICS:
+            raise ValueError(f"promote.metric: {self.promote.metric} scores classifiers; task: sft is compared on "
+                             f"{' or '.join(SFT_PROMOTE_METRICS)}")
+        if self.promote.metric == "exact_match" and not self.sft.eval_generations:
+            raise ValueError("promote.metric: exact_match is measured on generated test examples; set "
+                             "sft.eval_generations (e.g. 64), or promote.metric: loss")
         if self.data.ops and not (self.data.uri or self.data.sources):
             raise ValueError("data.ops: there is no data to apply them to; set data.uri or data.sources")
         if self.model.quantization != "none" and not self.lora.enable:

@@ -4,7 +4,10 @@ Each row's prompt is rendered exactly as in training (kubetune.data.sft): the pr
 Alpaca format, the conversation up to the assistant's turn with the chat template's generation prompt, or the whole
 text of the plain format (continued). Greedy decoding, up to `sft.max_new_tokens` new tokens, stopping at the model's
 end-of-text (or end-of-turn) token. The output Parquet holds the row's format columns, `completion`, and, when the
-rows carry the expected response, `exact_match` (the completion, stripped, equals it).
+rows carry the expected response, `exact_match` (the completion, stripped, equals it). The rendering settings are
+the model's own (model_metadata.json's `inference` entry: `sft_settings`), so a model from the registry renders as it
+was trained whatever the config says beyond its format; `completions` is what the MLflow model (kubetune.serving)
+runs too.
 """
 
 from __future__ import annotations
@@ -24,6 +27,35 @@ if TYPE_CHECKING:
     from kubetune.config import RunConfig, SftConfig
 
 
+def sft_settings(metadata: dict[str, Any], reference: str = "--model") -> SftConfig:
+    """The `sft` settings a model was trained with (format, columns, chat template use, prompt masking,
+    max_seq_length), from its model_metadata.json's `inference` entry."""
+    from kubetune.config import SftConfig
+
+    spec = metadata.get("inference") or {}
+    if metadata.get("task") != "sft" or spec.get("task") != "sft" or not spec.get("columns"):
+        raise DataError(f"{reference}: its model_metadata.json does not say how it renders rows (no sft `inference` "
+                        "entry); give a model trained by `kubetune train` with task: sft")
+    fields: dict[str, Any] = {key.removeprefix("sft."): column for key, column in spec["columns"].items()}
+    if spec.get("chat_template") and spec.get("format") != "conversation":
+        fields["use_chat_template"] = True
+    if "completion_only_loss" in spec:  # recorded since the champion gate scores loss (the format's default before)
+        fields["completion_only_loss"] = bool(spec["completion_only_loss"])
+    return SftConfig(**fields, max_seq_length=int(spec.get("max_seq_length") or metadata.get("max_length")))
+
+
+def input_columns(sft: SftConfig) -> list[str]:
+    """The columns a prompt is rendered from: the format's columns but the expected answer."""
+    from kubetune.data.sft import format_columns
+
+    return list(dict.fromkeys(c for c in format_columns(sft).values() if c != expected_column(sft)))
+
+
+def completions(model: Any, tokenizer: Any, sft: SftConfig, frame: pd.DataFrame, max_new_tokens: int,
+                batch_size: int) -> list[str]:
+    """A greedy completion of each row of `frame` (the prompt columns of `sft`'s format), in order."""
+    prompts = [prompt_ids(row, sft, tokenizer, i) for i, row in enumerate(frame.to_dict("records"))]
+    return generate(model, tokenizer, prompts, max_new_tokens, batch_size)
 
 def prompt_ids(row: dict[str, Any], sft: SftConfig, tokenizer: Any, index: int) -> list[int]:
     """The token ids the model continues for `row`: its rendering up to where the trained part would start."""
@@ -72,6 +104,25 @@ def generate(model: Any, tokenizer: Any, prompts: list[list[int]], max_new_token
     return completions
 
 
+def model_folder(model_ref: str, scratch: Path, config: RunConfig) -> Path:
+    """A local copy of an SFT model/ folder: local, object storage, or models:/<name>@<alias> / models:/<name>/<version>
+    (the MLflow registry of tracking.tracking_uri, else $MLFLOW_TRACKING_URI)."""
+    from kubetune import tracking
+    from kubetune.inference import MODEL_METADATA_FILE, REGISTRY_SCHEME, download_registered_model
+
+    if model_ref.startswith(REGISTRY_SCHEME):
+        return download_registered_model(model_ref, scratch, tracking.tracking_uri_or_local_store(config), task="sft")
+    storage.check_location("--model", model_ref)
+    if storage.is_remote(storage.normalize_uri(model_ref)):
+        model_dir = storage.download(model_ref, scratch / "model", config.storage)
+    else:
+        model_dir = Path(storage.normalize_uri(model_ref)).expanduser()
+    if not model_dir.is_dir() or not (model_dir / MODEL_METADATA_FILE).is_file():
+        raise DataError(f"--model: {model_ref} is not a model folder; give a train output's model/ folder or "
+                        "models:/<name>@<alias>")
+    return model_dir
+
+
 def generate_file(model_ref: str, data: str, output: str, config: RunConfig) -> dict[str, Any]:
     """Completions for every row of `data`, written to the Parquet file `output`; returns a summary."""
     import pyarrow as pa
@@ -83,32 +134,25 @@ def generate_file(model_ref: str, data: str, output: str, config: RunConfig) -> 
 
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="kubetune-generate-") as scratch:
-        if storage.is_remote(storage.normalize_uri(model_ref)):
-            model_dir = storage.download(model_ref, Path(scratch) / "model", config.storage)
-        else:
-            model_dir = Path(model_ref).expanduser()
-            if not model_dir.is_dir():
-                raise DataError(f"--model: {model_ref} is not a model folder; give a train output's model/ folder")
+        model_dir = model_folder(model_ref, Path(scratch), config)
         model, tokenizer, metadata = load_trained_causal_lm(model_dir)
-        sft = config.sft
         trained_format = (metadata.get("inference") or {}).get("format")
-        if trained_format and trained_format != sft.format:
-            raise DataError(f"sft: the model was trained on the {trained_format} format and this config says {sft.format}; "
+        if trained_format and trained_format != config.sft.format:
+            raise DataError(f"sft: the model was trained on the {trained_format} format and this config says {config.sft.format}; "
                             "use the config it was trained with")
+        sft = sft_settings(metadata, f"--model: {model_ref}") if metadata.get("inference") else config.sft
         frame = load_source(data, "--data", config)
         needed = {key: column for key, column in format_columns(sft).items() if column != expected_column(sft)}
         missing = [f"{column!r} ({key})" for key, column in needed.items() if column not in frame.columns]
         if missing:
             raise DataError(f"--data: {data} lacks column {', '.join(missing)}; give rows with the training data's columns")
-        rows = frame.to_dict("records")
-        prompts = [prompt_ids(row, sft, tokenizer, i) for i, row in enumerate(rows)]
-        completions = generate(model, tokenizer, prompts, sft.max_new_tokens, config.predict.batch_size)
+        generated = completions(model, tokenizer, sft, frame, config.sft.max_new_tokens, config.predict.batch_size)
     out: pd.DataFrame = frame[[c for c in format_columns(sft).values() if c in frame.columns]].copy()
-    out["completion"] = completions
+    out["completion"] = generated
     summary: dict[str, Any] = {"rows": len(out), "seconds": round(time.perf_counter() - started, 2), "output": output}
     expected = expected_column(sft)
     if expected and expected in frame.columns:
-        out["exact_match"] = [str(c).strip() == str(e).strip() for c, e in zip(completions, frame[expected], strict=True)]
+        out["exact_match"] = [str(c).strip() == str(e).strip() for c, e in zip(generated, frame[expected], strict=True)]
         summary["exact_match"] = float(out["exact_match"].mean())
     table = pa.Table.from_pandas(out, preserve_index=False)
     table = table.replace_schema_metadata({**(table.schema.metadata or {}), PREDICTIONS_MARKER: json.dumps({"task": "sft"}).encode()})

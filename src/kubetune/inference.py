@@ -173,8 +173,9 @@ def _registry_reference(reference: str) -> tuple[str, str | None, str | None]:
                         "models:/<name>/<version>")
 
 
-def _download_registered_model(reference: str, scratch: Path, tracking_uri: str | None) -> Path:
-    """The model/ folder inside the artifacts of a registered model version (the folder holding model_metadata.json)."""
+def download_registered_model(reference: str, scratch: Path, tracking_uri: str | None, task: str = "classification") -> Path:
+    """The model/ folder inside the artifacts of a registered model version (the folder holding model_metadata.json,
+    with label_map.json for a classifier); a version of the other task is one line saying so."""
     from mlflow.exceptions import MlflowException
 
     from kubetune import tracking
@@ -209,10 +210,16 @@ def _download_registered_model(reference: str, scratch: Path, tracking_uri: str 
     except MlflowException as exc:
         raise KubetuneError(f"--model: cannot download {reference} (version {found.version}) from {tracking_uri} "
                             f"({short_reason(exc)})") from None
-    folders = sorted(p.parent for p in target.rglob(MODEL_METADATA_FILE) if (p.parent / LABEL_MAP_FILE).is_file())
     # A merged/ copy inside the folder holds the same files: the shallowest is the model/ folder itself.
-    folders.sort(key=lambda p: len(p.parts))
+    folders = sorted((p.parent for p in target.rglob(MODEL_METADATA_FILE)), key=lambda p: len(p.parts))
     if not folders:
+        raise DataError(f"--model: {reference} (version {found.version}) holds no kubetune model folder "
+                        f"(no {MODEL_METADATA_FILE}); register a model logged by kubetune")
+    found_task = json.loads((folders[0] / MODEL_METADATA_FILE).read_text()).get("task") or "classification"
+    if found_task != task:
+        raise DataError(f"--model: {reference} (version {found.version}) is a task: {found_task} model and this config "
+                        f"has task: {task}; use a config with task: {found_task}")
+    if task == "classification" and not (folders[0] / LABEL_MAP_FILE).is_file():
         raise DataError(f"--model: {reference} (version {found.version}) holds no kubetune model folder "
                         f"({MODEL_METADATA_FILE} and {LABEL_MAP_FILE}); register a model logged by kubetune")
     return folders[0]
@@ -274,7 +281,7 @@ class Predictor:
         parent_config = None
         if reference.startswith(REGISTRY_SCHEME):
             scratch = tempfile.TemporaryDirectory(prefix="kubetune-predict-model-")
-            model_dir = _download_registered_model(reference, Path(scratch.name),
+            model_dir = download_registered_model(reference, Path(scratch.name),
                                                    tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"))
         else:
             object_storage.check_location("--model", reference)

@@ -14,13 +14,24 @@ whether the `promote.alias` (`champion`) moves to it:
    compared on the rows whose labels both know; how many rows that left out is said.
 
 The decision, its reason and both figures go onto the new version and the MLflow run as tags, into the step's
-Markdown (KFP UI) and into `kubetune run`'s summary (`PromotionResult.summary_lines`). `always` promotes
+Markdown (KFP UI) and into `kubetune run`'s summary (`PromotionResult.summary_lines`).
+
+A `task: sft` run (its model logged as a kubetune.serving.KubetuneGenerator) is gated the same way on `loss` (the test
+loss per trained token: lower wins, by strictly more than the margin) or `exact_match` (of evaluate's generated
+sample), with no TF-IDF baseline. The champion is scored on the candidate's own test rows (test_rows.parquet: the
+raw format columns) rendered and tokenized with its own settings and tokenizer (its model_metadata.json, its
+tokenizer and chat template): for loss, teacher-forced, against the candidate's loss on the same rows
+(row_losses.parquet; rows the champion cuts to no trained token are left out, and counted); for exact_match, greedy
+completions of the candidate's generated sample (generations.parquet) judged against the same expected texts.
+
+`always` promotes
 whatever the figures, `never` leaves the alias for a person (`kubetune promote --run-id RUN
 promote.policy=always`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import tempfile
@@ -49,7 +60,11 @@ CONFIG_TAG = "kubetune.config"
 TAG_VALUE_LIMIT = 5000
 METRIC_LABELS = {"accuracy": "accuracy", "macro_f1": "macro F1", "weighted_f1": "weighted F1",
                  "macro_precision": "macro precision", "macro_recall": "macro recall",
-                 "weighted_precision": "weighted precision", "weighted_recall": "weighted recall"}
+                 "weighted_precision": "weighted precision", "weighted_recall": "weighted recall",
+                 "loss": "loss per token", "exact_match": "exact match"}
+LOWER_IS_BETTER = ("loss",)  # = kubetune.evaluation.sft.GATE_METRIC (GATE_GREATER_IS_BETTER false)
+NO_BASELINE = "no baseline to beat (evaluate.baseline: none)"
+SFT_NO_BASELINE = "task: sft has no TF-IDF baseline"
 # What the candidate must beat the baseline on (= kubetune.evaluation.baseline.HEADLINE).
 BASELINE_METRICS = ("accuracy", "macro_f1")
 PREDICTIONS_FILE = "predictions.parquet"  # evaluate's: the true and predicted label of each test row
@@ -73,12 +88,18 @@ class PromotionResult:
     champion: float | None = None  # the champion's `metric` on the compared rows; None: no champion, or not scored
     champion_version: str | None = None  # the version the alias pointed at before
     compared_rows: int = 0
-    excluded_rows: int = 0  # test rows whose label the champion never knew: left out of the comparison
+    excluded_rows: int = 0  # test rows the champion cannot score (a label it never knew; sft: no trained token left)
     test_rows: int = 0
 
     @property
     def metric_label(self) -> str:
         return METRIC_LABELS.get(self.metric, self.metric)
+
+    @property
+    def is_sft(self) -> bool:
+        from kubetune.config import SFT_PROMOTE_METRICS
+
+        return self.metric in SFT_PROMOTE_METRICS
 
     @property
     def decision(self) -> str:
@@ -97,8 +118,10 @@ class PromotionResult:
             stays = f"{self.alias} stays version {self.champion_version}" if self.champion_version else f"no {self.alias} yet"
             lines = [head + f"not promoted: {self.reason}; {stays}"]
         if self.excluded_rows:
+            why = (f"leave no trained token within version {self.champion_version}'s sft.max_seq_length"
+                   if self.is_sft else f"have a label version {self.champion_version} was never trained on")
             lines.append(f"promotion: compared with the {self.alias} on {self.compared_rows:,} of {self.test_rows:,} test rows: "
-                         f"{self.excluded_rows:,} rows have a label version {self.champion_version} was never trained on")
+                         f"{self.excluded_rows:,} rows {why}")
         return lines
 
     def to_markdown(self) -> str:
@@ -107,7 +130,7 @@ class PromotionResult:
 
         rows = [f"| candidate (version {self.version or '-'}) | {figure(self.candidate)} |",
                 f"| {self.alias} (version {self.champion_version or '-'}) | {figure(self.champion)} |",
-                f"| TF-IDF baseline | {figure(self.baseline)} |"]
+                *([] if self.is_sft else [f"| TF-IDF baseline | {figure(self.baseline)} |"])]
         return "\n".join([
             f"# kubetune promote: {self.decision}", "",
             f"registered model `{self.model_name}`, alias `{self.alias}`, policy `{self.policy}`, margin {self.margin:g}", "",
@@ -145,10 +168,13 @@ class ChampionScore:
 
 
 def decide(policy: str, metric: str, margin: float, candidate: dict[str, float], baseline: dict[str, float],
-           champion: ChampionScore | None) -> tuple[bool, str]:
+           champion: ChampionScore | None, no_baseline: str = NO_BASELINE) -> tuple[bool, str]:
     """(promoted, reason). `candidate` and `baseline`: the metrics of all test rows (metrics.json and
-    baseline_metrics.json; `baseline` empty without one); `champion`: None when there is none yet."""
+    baseline_metrics.json; `baseline` empty without one); `champion`: None when there is none yet. A metric of
+    LOWER_IS_BETTER wins by being below the champion's by more than the margin; `no_baseline` says why there is
+    no baseline when there is none."""
     label = METRIC_LABELS.get(metric, metric)
+    lower = metric in LOWER_IS_BETTER
     if policy == "never":
         return False, "promote.policy is never (move the alias by hand: kubetune promote --run-id RUN promote.policy=always)"
     figure = champion.candidate if champion is not None and champion.candidate is not None else candidate[metric]
@@ -159,9 +185,9 @@ def decide(policy: str, metric: str, margin: float, candidate: dict[str, float],
         compared = f"the {label} of version {champion.version} unknown"
         against.append(f"version {champion.version} could not be scored on its test rows ({champion.problem})")
     else:
-        beyond = f" + margin {margin:g}" if margin else ""
+        beyond = f" {'-' if lower else '+'} margin {margin:g}" if margin else ""
         compared = f"{label} {figure:.4f} vs {champion.champion:.4f} of version {champion.version}{beyond}"
-        if not figure > champion.champion + margin:
+        if not (figure < champion.champion - margin if lower else figure > champion.champion + margin):
             against.append(compared)
     lost = [f"{METRIC_LABELS[name]} {candidate[name]:.4f} vs {baseline[name]:.4f}"
             for name in BASELINE_METRICS if name in baseline and name in candidate and candidate[name] <= baseline[name]]
@@ -172,7 +198,7 @@ def decide(policy: str, metric: str, margin: float, candidate: dict[str, float],
     if against:
         return False, "; ".join(against)
     if not baseline:
-        beaten = "no baseline to beat (evaluate.baseline: none)"
+        beaten = no_baseline
     else:
         beaten = "beats the TF-IDF baseline (" + ", ".join(
             f"{METRIC_LABELS[name]} {candidate[name]:.4f} vs {baseline[name]:.4f}" for name in BASELINE_METRICS
@@ -192,6 +218,25 @@ class Evaluation:
     labels: np.ndarray  # the true label (name) of each test row
     predicted: np.ndarray  # the candidate's predicted label (name) of each test row
     rows: pd.DataFrame | None  # the raw columns of the same rows; None when the data predates them
+
+    @property
+    def test_rows(self) -> int:
+        return len(self.labels)
+
+
+@dataclass(frozen=True)
+class SftEvaluation:
+    """What the promote step reads from a `task: sft` evaluate output (kubetune.evaluation.sft)."""
+
+    metrics: dict[str, float]
+    rows: pd.DataFrame | None  # the scored test rows' raw format columns; None when the data predates them
+    row_losses: pd.DataFrame | None  # per row of `rows`: `loss` (summed), `tokens` (trained)
+    generations: pd.DataFrame | None  # the generated sample: `row`, `expected`, `generated`, `exact_match`
+    baseline: dict[str, float] = dataclasses.field(default_factory=dict)  # none for task: sft
+
+    @property
+    def test_rows(self) -> int:
+        return int(self.metrics.get("rows", 0))
 
 
 def read_evaluation(evaluation_uri: str, config: RunConfig, option: str = "evaluation") -> Evaluation:
@@ -221,6 +266,93 @@ def read_evaluation(evaluation_uri: str, config: RunConfig, option: str = "evalu
     return Evaluation(metrics={k: float(v) for k, v in metrics.items()}, baseline={k: float(v) for k, v in baseline.items()},
                       labels=predictions["label"].astype(str).to_numpy(), predicted=predictions["predicted"].astype(str).to_numpy(),
                       rows=rows)
+
+
+def read_sft_evaluation(evaluation_uri: str, config: RunConfig, option: str = "evaluation") -> SftEvaluation:
+    """A `task: sft` evaluate output at `evaluation_uri`: one line naming it when it is not one."""
+    import pandas as pd
+
+    from kubetune.evaluation import TEST_ROWS_FILE
+    from kubetune.evaluation.sft import GENERATIONS_FILE, ROW_LOSSES_FILE
+
+    if not storage.exists(evaluation_uri, config.storage) or not storage.is_complete(evaluation_uri, config.storage):
+        raise KubetuneError(f"{option}: {evaluation_uri} is not a complete evaluate output (no {storage.COMPLETE_MARKER} "
+                            "marker); give the folder `kubetune evaluate` or the evaluate step wrote")
+    with tempfile.TemporaryDirectory(prefix="kubetune-promote-") as scratch:
+        folder = storage.download(evaluation_uri, Path(scratch) / "evaluation", config.storage)
+        if not (folder / "metrics.json").is_file():
+            raise DataError(f"{option}: {evaluation_uri} has no metrics.json; give an evaluate output")
+        metrics = json.loads((folder / "metrics.json").read_text())
+        if "loss" not in metrics:
+            raise DataError(f"{option}: {evaluation_uri} is a classifier's evaluation (no test loss); give the evaluate "
+                            "output of a task: sft run")
+        frames = {name: pd.read_parquet(folder / name) if (folder / name).is_file() else None
+                  for name in (TEST_ROWS_FILE, ROW_LOSSES_FILE, GENERATIONS_FILE)}
+    rows, losses = frames[TEST_ROWS_FILE], frames[ROW_LOSSES_FILE]
+    if rows is not None and losses is not None and len(rows) != len(losses):
+        raise DataError(f"{option}: {evaluation_uri}: {TEST_ROWS_FILE} has {len(rows)} rows, {ROW_LOSSES_FILE} "
+                        f"{len(losses)}; evaluate again")
+    return SftEvaluation(metrics={k: float(v) for k, v in metrics.items()}, rows=rows, row_losses=losses,
+                         generations=frames[GENERATIONS_FILE])
+
+
+def score_sft_champion(reference: str, version: str, evaluation: SftEvaluation, metric: str, tracking_uri: str,
+                       config: RunConfig) -> ChampionScore:
+    """Score a `task: sft` champion (`reference`: models:/<name>/<version>) on the candidate's test rows, rendered
+    with its own settings and tokenizer: its loss per trained token, or its exact match on the generated sample."""
+    from kubetune.data.sft import format_columns
+    from kubetune.evaluation import TEST_ROWS_FILE
+    from kubetune.evaluation.sft import GENERATIONS_FILE, ROW_LOSSES_FILE, raw_row_losses
+    from kubetune.generation import completions, input_columns, sft_settings
+    from kubetune.inference import download_registered_model
+    from kubetune.train.causal_lm import load_trained_causal_lm
+
+    needed = {"loss": (evaluation.row_losses, ROW_LOSSES_FILE), "exact_match": (evaluation.generations, GENERATIONS_FILE)}
+    for frame, name in ((evaluation.rows, TEST_ROWS_FILE), needed[metric]):
+        if frame is None:
+            return ChampionScore(version, problem=f"the evaluation has no {name}: it was made before the champion gate "
+                                                  "scored task: sft; run the pipeline again")
+    with tempfile.TemporaryDirectory(prefix="kubetune-champion-") as scratch:
+        try:
+            model_dir = download_registered_model(reference, Path(scratch), tracking_uri, task="sft")
+            model, tokenizer, metadata = load_trained_causal_lm(model_dir)
+            sft = sft_settings(metadata, reference)
+        except KubetuneError as error:  # a champion of the other task, or registered by hand
+            return ChampionScore(version, problem=str(error).removeprefix("--model: "))
+        columns = format_columns(sft).values() if metric == "loss" else input_columns(sft)
+        missing = [c for c in dict.fromkeys(columns) if c not in evaluation.rows.columns]
+        if missing:
+            return ChampionScore(version, problem=f"it reads column(s) {', '.join(missing)}, which the candidate's data lacks")
+        batch_size = config.training.eval_batch_size
+        if metric == "loss":
+            losses, tokens = raw_row_losses(model, tokenizer, sft, evaluation.rows, batch_size)
+            known = tokens > 0
+            if not known.any():
+                return ChampionScore(version, excluded_rows=len(tokens),
+                                     problem="none of the candidate's test rows keeps a trained token within its sft.max_seq_length")
+            theirs = evaluation.row_losses.loc[known]
+            return ChampionScore(version, champion=float(losses[known].sum() / tokens[known].sum()),
+                                 candidate=float(theirs["loss"].sum() / theirs["tokens"].sum()),
+                                 compared_rows=int(known.sum()), excluded_rows=int((~known).sum()))
+        sample = evaluation.generations
+        prompts = _first_turns(evaluation.rows.iloc[sample["row"].to_numpy()].reset_index(drop=True), sft)
+        generated = completions(model, tokenizer, sft, prompts, config.sft.max_new_tokens, batch_size)
+    right = [got.strip() == str(want).strip() for got, want in zip(generated, sample["expected"], strict=True)]
+    return ChampionScore(version, champion=float(np.mean(right)), candidate=float(sample["exact_match"].mean()),
+                         compared_rows=len(right))
+
+
+def _first_turns(rows: pd.DataFrame, sft) -> pd.DataFrame:
+    """Conversations cut after their first assistant turn: the evaluate step's sample asks for the first response
+    (kubetune.evaluation.sft.generation_samples), and kubetune.generation prompts for the last."""
+    if sft.format != "conversation":
+        return rows
+    def first(messages):
+        messages = list(messages)
+        ends = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+        return messages[: ends[0] + 1] if ends else messages
+
+    return rows.assign(**{sft.messages_column: [first(m) for m in rows[sft.messages_column]]})
 
 
 def score_champion(reference: str, version: str, evaluation: Evaluation, metric: str, tracking_uri: str,
@@ -332,14 +464,13 @@ def promote_run(config: RunConfig, *, evaluation_uri: str, mlflow_run_id: str | 
     name = config.registered_model_name
     base = PromotionResult(model_name=name, alias=settings.alias, policy=settings.policy, metric=settings.metric,
                            margin=settings.margin)
-    if config.task == "sft":
-        # Causal LMs are not logged as MLflow models yet, so there is nothing to register or gate.
-        return _replace(base, reason="task: sft models are not registered yet; the model is in the train output")
-    evaluation = read_evaluation(evaluation_uri, config, option)
+    sft = config.task == "sft"
+    evaluation = read_sft_evaluation(evaluation_uri, config, option) if sft else read_evaluation(evaluation_uri, config, option)
     figures = {"candidate": evaluation.metrics.get(settings.metric), "baseline": evaluation.baseline.get(settings.metric),
-               "test_rows": len(evaluation.labels)}
+               "test_rows": evaluation.test_rows}
     if settings.metric not in evaluation.metrics:
-        raise DataError(f"promote.metric: {settings.metric!r} is not in {evaluation_uri}/metrics.json")
+        hint = " (the evaluate step generates it with sft.eval_generations)" if settings.metric == "exact_match" else ""
+        raise DataError(f"promote.metric: {settings.metric!r} is not in {evaluation_uri}/metrics.json{hint}")
     if not mlflow_run_id or not tracking_uri:
         return _replace(base, **figures, reason="this run is not tracked in MLflow (tracking.enable, tracking.tracking_uri)")
     from kubetune import tracking
@@ -369,15 +500,16 @@ def promote_run(config: RunConfig, *, evaluation_uri: str, mlflow_run_id: str | 
         return result
     champion = None
     if champion_version is not None and settings.policy != "never":
-        champion = score_champion(f"models:/{name}/{champion_version}", champion_version, evaluation, settings.metric,
-                                  tracking_uri, config)
+        score = score_sft_champion if sft else score_champion
+        champion = score(f"models:/{name}/{champion_version}", champion_version, evaluation, settings.metric,
+                         tracking_uri, config)
     promoted, reason = decide(settings.policy, settings.metric, settings.margin, evaluation.metrics, evaluation.baseline,
-                              champion)
+                              champion, no_baseline=SFT_NO_BASELINE if sft else NO_BASELINE)
     if champion is not None and champion.candidate is not None:
         figures["candidate"] = champion.candidate
     result = _replace(base, **figures, version=version, promoted=promoted, reason=reason, champion_version=champion_version,
                       champion=champion.champion if champion else None,
-                      compared_rows=champion.compared_rows if champion else len(evaluation.labels),
+                      compared_rows=champion.compared_rows if champion else evaluation.test_rows,
                       excluded_rows=champion.excluded_rows if champion else 0)
     if promoted:
         client.set_registered_model_alias(name, settings.alias, version)
@@ -386,8 +518,6 @@ def promote_run(config: RunConfig, *, evaluation_uri: str, mlflow_run_id: str | 
 
 
 def _replace(base: PromotionResult, **changes: Any) -> PromotionResult:
-    import dataclasses
-
     return dataclasses.replace(base, **changes)
 
 
@@ -417,5 +547,5 @@ def not_registered(config: RunConfig, error: Exception, tracking_uri: str | None
                            reason=f"the MLflow registry at {tracking_uri} failed ({short_reason(error)})")
 
 
-__all__ = ["ChampionScore", "PromotionResult", "config_from_tags", "config_tags", "decide", "promote_run",
-           "read_evaluation", "score_champion"]
+__all__ = ["ChampionScore", "PromotionResult", "SftEvaluation", "config_from_tags", "config_tags", "decide", "promote_run",
+           "read_evaluation", "read_sft_evaluation", "score_champion", "score_sft_champion"]

@@ -8,6 +8,10 @@ kubetune.inference.Predictor exactly as `kubetune predict` does; its output, a D
 `predicted_label`, `probability` and `needs_review` per row. `mlflow models serve` answers the same
 over REST (POST /invocations with `{"dataframe_split": ...}`).
 
+A `task: sft` model is logged the same way as a `KubetuneGenerator`: its input, a DataFrame of rows with the
+prompt columns of the format it was trained on (the signature names them); its output, a DataFrame with the greedy
+`completion` of each row, rendered and generated exactly as `kubetune predict` does (kubetune.generation).
+
 A model logged before raw rows were accepted (its model_metadata.json says nothing of its inputs) still
 loads and takes what it took then: a `text` column, already serialized as preprocess does.
 """
@@ -30,6 +34,8 @@ if TYPE_CHECKING:
 MODEL_NAME = "model"  # the logged model's name: runs:/<run id>/model
 MODEL_ARTIFACT = "model"  # the key of the model/ folder among the pyfunc's artifacts
 TEXT_COLUMN = "text"  # the input of a model logged before raw rows were accepted
+COMPLETION = "completion"  # the SFT model's output column (= kubetune predict's)
+MAX_NEW_TOKENS_PARAM = "max_new_tokens"
 REVIEW_THRESHOLD_PARAM = "review_threshold"
 DEFAULT_REVIEW_THRESHOLD = 0.5  # = config.predict.review_threshold's default
 _BATCH = 64
@@ -92,6 +98,53 @@ class KubetuneClassifier(mlflow.pyfunc.PythonModel):
         return predictions[[PREDICTED_LABEL, PROBABILITY, NEEDS_REVIEW]].reset_index(drop=True)
 
 
+class KubetuneGenerator(mlflow.pyfunc.PythonModel):
+    """A kubetune `task: sft` model/ folder behind MLflow's pyfunc interface.
+
+    `predict` takes a DataFrame of rows with the prompt columns of the model's format (those of its training
+    data but the expected answer) and returns a DataFrame with one `completion` per row, in order: greedy, at
+    most the `max_new_tokens` param's tokens (the run's `sft.max_new_tokens` unless given). The same completions
+    as `kubetune predict` gives (both are kubetune.generation.completions with the model's own settings).
+    """
+
+    def load_context(self, context: Any) -> None:
+        from kubetune.generation import sft_settings
+        from kubetune.train.causal_lm import load_trained_causal_lm
+
+        self.model, self.tokenizer, metadata = load_trained_causal_lm(Path(context.artifacts[MODEL_ARTIFACT]))
+        self.sft = sft_settings(metadata, "the MLflow model")
+        self.max_new_tokens = int((getattr(context, "model_config", None) or {}).get(MAX_NEW_TOKENS_PARAM,
+                                                                                        self.sft.max_new_tokens))
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> Any:
+        import pandas as pd
+
+        from kubetune.generation import completions
+
+        max_new_tokens = int((params or {}).get(MAX_NEW_TOKENS_PARAM, self.max_new_tokens))
+        generated = completions(self.model, self.tokenizer, self.sft, model_input.reset_index(drop=True),
+                                max_new_tokens, _BATCH)
+        return pd.DataFrame({COMPLETION: generated})
+
+
+def sft_signature(model_dir: Path, max_new_tokens: int) -> Any:
+    """The prompt columns of the model's format in (any type: a conversation is a list of messages), `completion`
+    out, `max_new_tokens` as a param."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+    from mlflow.types.schema import AnyType
+
+    from kubetune.generation import expected_column, input_columns, sft_settings
+
+    sft = sft_settings(json.loads((model_dir / "model_metadata.json").read_text()), str(model_dir))
+    inputs = [ColSpec(AnyType(), name) for name in input_columns(sft)]
+    expected = expected_column(sft)
+    if expected:  # rows that carry their answer are taken as they are (the answer is not read)
+        inputs.append(ColSpec(AnyType(), expected, required=False))
+    params = ParamSchema([ParamSpec(MAX_NEW_TOKENS_PARAM, "long", max_new_tokens)])
+    return ModelSignature(inputs=Schema(inputs), outputs=Schema([ColSpec("string", COMPLETION)]), params=params)
+
+
 def model_signature(model_dir: Path) -> Any:
     """The raw input columns (any type: a CSV gives text, Parquet numbers and dates) and retained id columns
     (optional) in; predicted_label, probability, needs_review out; the review threshold as a param.
@@ -127,8 +180,10 @@ def tracking_uri_set(uri: str) -> Iterator[None]:
         mlflow.set_tracking_uri(previous)  # None unsets both
 
 
-def log_model(client: MlflowClient, run_id: str, model_dir: Path) -> str:
-    """Log `model_dir` (a trainer's model/ folder) as the MLflow model of run `run_id`; its model id.
+def log_model(client: MlflowClient, run_id: str, model_dir: Path, max_new_tokens: int | None = None) -> str:
+    """Log `model_dir` (a trainer's model/ folder) as the MLflow model of run `run_id`; its model id. A `task: sft`
+    folder is a KubetuneGenerator (generating `max_new_tokens` unless told otherwise), a classifier's a
+    KubetuneClassifier.
 
     The model is created linked to the run (its source run, and an output of the run) without making
     the run the process's active one: an active run would be ended FINISHED when the step exits, and
@@ -139,14 +194,23 @@ def log_model(client: MlflowClient, run_id: str, model_dir: Path) -> str:
     from kubetune import __version__
 
     run = client.get_run(run_id)
-    signature = model_signature(model_dir)
+    task = json.loads((model_dir / "model_metadata.json").read_text()).get("task")
+    if task == "sft":
+        from kubetune.config import SftConfig
+
+        default = SftConfig.model_fields["max_new_tokens"].default
+        max_new_tokens = max_new_tokens or default
+        python_model, signature = KubetuneGenerator(), sft_signature(model_dir, max_new_tokens)
+        model_config = {MAX_NEW_TOKENS_PARAM: max_new_tokens}
+    else:
+        python_model, signature, model_config = KubetuneClassifier(), model_signature(model_dir), None
     with tracking_uri_set(client.tracking_uri):
         logged = mlflow.initialize_logged_model(name=MODEL_NAME, source_run_id=run_id,
                                                 experiment_id=run.info.experiment_id,
                                                 tags={"kubetune.version": __version__})
         mlflow.pyfunc.log_model(
-            name=MODEL_NAME, python_model=KubetuneClassifier(), artifacts={MODEL_ARTIFACT: str(model_dir)},
-            signature=signature, model_id=logged.model_id,
+            name=MODEL_NAME, python_model=python_model, artifacts={MODEL_ARTIFACT: str(model_dir)},
+            signature=signature, model_id=logged.model_id, model_config=model_config,
             # Named, not inferred: inference loads the model in a subprocess, which costs a minute here.
             pip_requirements=[f"kubetune=={__version__}"],
         )

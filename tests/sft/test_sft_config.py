@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -173,3 +174,36 @@ def test_classification_steps_get_no_task_or_sft_sections():
     config = validate_config({"data": {"uri": "demo://ledger"}})
     assert set(yaml.safe_load(sections_yaml(config, PREPROCESS_SECTIONS))) == set(PREPROCESS_SECTIONS)
     assert "sft" not in yaml.safe_load(tokenize_config_yaml(config))
+
+
+def test_the_sft_gate_metric_defaults_to_loss_and_survives_the_resolved_config():
+    from kubetune.evaluation.sft import GATE_METRIC, GATE_METRICS
+
+    config = validate_config(SFT)
+    assert config.promote.metric == GATE_METRIC == "loss"
+    assert validate_config(yaml_of(config)).promote.metric == "loss"
+    assert validate_config({}).promote.metric == "macro_f1"
+    from kubetune.config import SFT_PROMOTE_METRICS
+
+    assert SFT_PROMOTE_METRICS == GATE_METRICS
+    assert validate_config(with_sft(promote={"metric": "exact_match"}, sft={"eval_generations": 8})).promote.metric == "exact_match"
+
+
+@pytest.mark.parametrize(("config", "message"), [
+    (with_sft(promote={"metric": "macro_f1"}), r"^promote\.metric: macro_f1 scores classifiers; task: sft is compared on loss or exact_match$"),
+    (with_sft(promote={"metric": "exact_match"}), r"^promote\.metric: exact_match is measured on generated test examples; set sft\.eval_generations"),
+    ({"promote": {"metric": "loss"}}, r"^promote\.metric: loss scores task: sft models; a classifier is compared on one of accuracy, "),
+    ({"promote": {"metric": "exact_match"}}, r"^promote\.metric: exact_match scores task: sft models"),
+])
+def test_a_gate_metric_of_the_other_task_is_one_line_naming_promote_metric(config, message):
+    with pytest.raises(ConfigError) as raised:
+        validate_config(config)
+    assert len(str(raised.value).splitlines()) == 1
+    [problem] = raised.value.problems
+    assert re.search(message, problem), problem
+
+
+def yaml_of(config) -> dict:
+    import yaml
+
+    return yaml.safe_load(config.to_yaml())

@@ -5,8 +5,9 @@ pack), with the same outputs, caching, rank handling and summaries as the classi
 preprocess → PREPROCESSED/: a DatasetDict (train, validation, test) holding the format's columns
 (kubetune.data.sft.format_columns) and `dataset_metadata.json` (no label_map.json: there are no labels).
 tokenize → TOKENIZED/: input_ids, labels (-100 where no loss), length, and attention_mask (unpacked rows)
-or position_ids (rows packed at tokenize time); `tokenize_diagnostics.json` as for classification, plus
-the rows dropped for lack of a trained token.
+or position_ids (rows packed at tokenize time); the test split also keeps its rows' format columns as
+`raw.<column>` (the champion gate renders them its own way: kubetune.promotion); `tokenize_diagnostics.json` as
+for classification, plus the rows dropped for lack of a trained token.
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ if TYPE_CHECKING:
     from kubetune.data.stages import PreprocessResult, TokenizeResult
 
 # Bumped when the SFT tokenize output's columns change, so an old cached output is made again.
-SFT_TOKENIZED_LAYOUT = 1
+# 2: the test split keeps its raw format columns (raw.<column>).
+SFT_TOKENIZED_LAYOUT = 2
 _SEPARATE = {VALIDATION: "data.validation_uri", TEST: "data.test_uri"}
 
 
@@ -243,8 +245,11 @@ def _tokenize(config: RunConfig, input_uri: str, output_uri: str) -> TokenizeRes
 def tokenize_splits(config: RunConfig, tokenizer: Any, dataset: datasets.DatasetDict,
                     scratch: Path | None = None, key: str = "") -> tuple[dict[str, datasets.Dataset], dict[str, int]]:
     """Each split rendered and tokenized (kubetune.data.sft.encode_rows), rows without a trained token dropped
-    (their count per split returned), the train split packed when `sft.packing` with `concatenate`."""
-    from kubetune.data.stages import _procs
+    (their count per split returned), the train split packed when `sft.packing` with `concatenate`. The test
+    split keeps each row's raw columns beside its tokens, as `raw.<column>`."""
+    import datasets
+
+    from kubetune.data.stages import RAW_PREFIX, _procs
 
     sft = config.sft
     encoded, dropped = {}, {}
@@ -253,6 +258,9 @@ def tokenize_splits(config: RunConfig, tokenizer: Any, dataset: datasets.Dataset
         tokens = split.map(encode_rows, batched=True, with_indices=True, batch_size=config.tokenize.batch_size,
                            fn_kwargs={"tokenizer": tokenizer, "sft": sft}, remove_columns=split.column_names,
                            num_proc=_procs(config.tokenize.num_proc, len(split)), desc=f"tokenize {name}", **kwargs)
+        if name == TEST:
+            raw = split.rename_columns({c: f"{RAW_PREFIX}{c}" for c in split.column_names})
+            tokens = datasets.concatenate_datasets([tokens, raw], axis=1)
         trained = np.asarray(tokens["trained"]) if len(tokens) else np.zeros(0)
         dropped[name] = int((trained == 0).sum())
         if dropped[name]:
@@ -315,8 +323,11 @@ def _tokenize_into(config: RunConfig, tokenizer: Any, tokenizer_hash: str, input
     diagnostics = {"tokenizer": config.tokenizer_name, "max_length": sft.max_seq_length,
                    "percentiles": list(settings.percentiles), "splits": splits}
 
+    from kubetune.data.stages import RAW_PREFIX
+
     columns = ["input_ids", "attention_mask", "labels", "length"]
-    result_set = {name: split.select_columns(columns) for name, split in encoded.items()}
+    result_set = {name: split.select_columns(columns + [c for c in split.column_names if c.startswith(RAW_PREFIX)])
+                  for name, split in encoded.items()}
     if sft.packing and sft.packing_method == "concatenate":
         before = len(result_set[TRAIN])
         result_set[TRAIN] = pack_split(result_set[TRAIN], sft.max_seq_length)

@@ -4,7 +4,8 @@ EVALUATION/ holds metrics.json (`loss`: mean loss per trained token, `perplexity
 trained tokens scored, `rows`; with `sft.eval_generations`, `exact_match` over that many test examples whose
 first response was generated greedily from their prompt), report.html (with those examples' prompt / expected /
 generated table) (the figures, the learning curves when the model has a
-training history) and learning_curves.png. The loss is summed over every trained token of the split and
+training history) and learning_curves.png; for the champion gate, test_rows.parquet (the scored rows' raw
+columns), row_losses.parquet (each row's summed loss and trained tokens) and generations.parquet (the sample). The loss is summed over every trained token of the split and
 divided once, so it does not depend on the batch size (the Trainer's validation loss averages batch
 means). Logged into the pipeline's MLflow run as test/<name>.
 """
@@ -28,10 +29,22 @@ logger = logging.getLogger(__name__)
 # per trained token, lower is better (perplexity orders models the same way).
 GATE_METRIC = "loss"
 GATE_GREATER_IS_BETTER = False
+# The metrics the gate can compare for task: sft (exact_match only when the evaluate step generated: sft.eval_generations).
+GATE_METRICS = ("loss", "exact_match")
+ROW_LOSSES_FILE = "row_losses.parquet"  # per test row (test_rows.parquet's order): summed loss, trained tokens
+GENERATIONS_FILE = "generations.parquet"  # the generated sample: row (of test_rows.parquet), expected, generated, exact_match
 
 
 def token_loss(model, split, pad_token_id: int, batch_size: int) -> tuple[float, int]:
     """(summed loss, trained tokens) of a tokenized SFT split (input_ids, labels, attention_mask)."""
+    losses, tokens = row_token_losses(model, split, pad_token_id, batch_size)
+    return float(losses.sum()), int(tokens.sum())
+
+
+def row_token_losses(model, split, pad_token_id: int, batch_size: int):
+    """(summed loss, trained tokens) of each row of a tokenized SFT split, as two arrays in row order: the
+    champion gate compares two models on the same rows (any subset of them)."""
+    import numpy as np
     import torch
 
     from kubetune.train.causal_lm import IGNORE_INDEX, SftCollator
@@ -40,7 +53,7 @@ def token_loss(model, split, pad_token_id: int, batch_size: int) -> tuple[float,
     model.to(device)
     collate = SftCollator(pad_token_id)
     columns = [c for c in ("input_ids", "labels", "attention_mask") if c in split.column_names]
-    total, tokens = 0.0, 0
+    losses, tokens = [], []
     with torch.inference_mode():
         for start in range(0, len(split), batch_size):
             rows = split.select(range(start, min(start + batch_size, len(split))))
@@ -49,10 +62,27 @@ def token_loss(model, split, pad_token_id: int, batch_size: int) -> tuple[float,
             labels = batch.pop("labels")
             logits = model(**batch).logits.float()
             # Position t predicts token t+1.
-            shifted, targets = logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1)
-            total += float(torch.nn.functional.cross_entropy(shifted, targets, ignore_index=IGNORE_INDEX, reduction="sum"))
-            tokens += int((targets != IGNORE_INDEX).sum())
-    return total, tokens
+            targets = labels[:, 1:]
+            per_token = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                                                          ignore_index=IGNORE_INDEX, reduction="none")
+            losses.append(per_token.view(targets.shape).sum(dim=1).double().cpu().numpy())
+            tokens.append((targets != IGNORE_INDEX).sum(dim=1).cpu().numpy())
+    if not losses:
+        return np.zeros(0), np.zeros(0, dtype=np.int64)
+    return np.concatenate(losses), np.concatenate(tokens).astype(np.int64)
+
+
+def raw_row_losses(model, tokenizer, sft, frame, batch_size: int):
+    """`row_token_losses` of raw rows (a DataFrame with the format's columns), rendered and tokenized with `sft`'s
+    settings and `tokenizer` as the tokenize stage does (kubetune.data.sft.encode_rows): how the champion gate
+    scores a model on rows of another run's data. A row cut to no trained token scores 0 tokens."""
+    import datasets
+
+    from kubetune.data.sft import encode_rows
+
+    encoded = encode_rows({c: frame[c].tolist() for c in frame.columns}, tokenizer=tokenizer, sft=sft)
+    split = datasets.Dataset.from_dict({c: encoded[c] for c in ("input_ids", "attention_mask", "labels")})
+    return row_token_losses(model, split, tokenizer.pad_token_id, batch_size)
 
 
 def evaluate_sft(config: RunConfig, model_uri: str, data_uri: str, output_uri: str, mlflow_run_id: str | None = None,
@@ -73,7 +103,8 @@ def evaluate_sft(config: RunConfig, model_uri: str, data_uri: str, output_uri: s
         rows = splits[split]
         model, tokenizer, _ = load_trained_causal_lm(model_dir)
         started = time.perf_counter()
-        total, tokens = token_loss(model, rows, tokenizer.pad_token_id, config.training.eval_batch_size)
+        row_losses, row_tokens = row_token_losses(model, rows, tokenizer.pad_token_id, config.training.eval_batch_size)
+        total, tokens = float(row_losses.sum()), int(row_tokens.sum())
         if tokens == 0:
             raise DataError(f"the {split!r} split has no trained tokens to score")
         loss = total / tokens
@@ -91,10 +122,31 @@ def evaluate_sft(config: RunConfig, model_uri: str, data_uri: str, output_uri: s
             if curves is not None:
                 (out / LEARNING_CURVES_FILE).write_bytes(curves)
             (out / "report.html").write_text(report_html(metrics, split, model_uri, curves, samples))
+            _write_gate_files(out, rows, row_losses, row_tokens, samples)
             if mlflow_run_id:
-                _log_to_mlflow(config, mlflow_run_id, split, metrics, out)
+                _log_to_mlflow(config, mlflow_run_id, split, metrics, out, model_dir)
     report = f"{storage.normalize_uri(output_uri).rstrip('/')}/report.html"
     return EvaluationResult(output_uri, metrics, [], [], report, {})
+
+
+def _write_gate_files(out: Path, rows, row_losses, row_tokens, samples: list[dict]) -> None:
+    """What the champion gate (kubetune.promotion) scores the current champion against, row for row: the scored
+    rows' raw format columns (test_rows.parquet, the data's own names), each row's summed loss and trained tokens
+    (row_losses.parquet), and the generated sample (generations.parquet: the row, expected and generated text).
+    Data tokenized before the test split kept its raw columns has no test_rows.parquet."""
+    import pandas as pd
+
+    from kubetune.data.stages import RAW_PREFIX
+    from kubetune.evaluation import TEST_ROWS_FILE
+
+    raw = [c for c in rows.column_names if c.startswith(RAW_PREFIX)]
+    if raw:
+        rows.select_columns(raw).to_pandas().rename(columns=lambda c: c.removeprefix(RAW_PREFIX)).to_parquet(
+            out / TEST_ROWS_FILE, index=False)
+    pd.DataFrame({"loss": row_losses, "tokens": row_tokens}).to_parquet(out / ROW_LOSSES_FILE, index=False)
+    if samples:
+        pd.DataFrame([{key: s[key] for key in ("row", "expected", "generated", "exact_match")} for s in samples]).to_parquet(
+            out / GENERATIONS_FILE, index=False)
 
 
 def generation_samples(model, tokenizer, rows, config: RunConfig) -> list[dict]:
@@ -115,9 +167,9 @@ def generation_samples(model, tokenizer, rows, config: RunConfig) -> list[dict]:
         prompts.append(list(ids[:start]))
         expected.append(tokenizer.decode(ids[start:end], skip_special_tokens=True))
     completions = generate(model, tokenizer, prompts, config.sft.max_new_tokens, config.training.eval_batch_size)
-    return [{"prompt": tokenizer.decode(prompt, skip_special_tokens=False), "expected": want, "generated": got,
+    return [{"row": row, "prompt": tokenizer.decode(prompt, skip_special_tokens=False), "expected": want, "generated": got,
              "exact_match": got.strip() == want.strip()}
-            for prompt, want, got in zip(prompts, expected, completions, strict=True)]
+            for row, prompt, want, got in zip(chosen.tolist(), prompts, expected, completions, strict=True)]
 
 
 def report_html(metrics: dict[str, float], split: str, model: str, curves_png: bytes | None,
@@ -147,8 +199,10 @@ def report_html(metrics: dict[str, float], split: str, model: str, curves_png: b
     )
 
 
-def _log_to_mlflow(config: RunConfig, run_id: str, split: str, metrics: dict[str, float], out: Path) -> None:
-    """test/<name> metrics and the report into the pipeline's run; never fails the step."""
+def _log_to_mlflow(config: RunConfig, run_id: str, split: str, metrics: dict[str, float], out: Path,
+                   model_dir: Path) -> None:
+    """test/<name> metrics, the report and the model as the run's MLflow model (kubetune.serving.KubetuneGenerator)
+    into the pipeline's run; never fails the step."""
     from kubetune import tracking
 
     uri = tracking.tracking_uri(config)
@@ -166,5 +220,9 @@ def _log_to_mlflow(config: RunConfig, run_id: str, split: str, metrics: dict[str
         for name in ("report.html", LEARNING_CURVES_FILE):
             if (out / name).exists():
                 client.log_artifact(run_id, str(out / name), artifact_path="evaluation")
+        if config.tracking.log_model:
+            from kubetune.serving import log_model
+
+            log_model(client, run_id, model_dir, config.sft.max_new_tokens)
     except Exception as exc:  # noqa: BLE001 - tracking never fails a step
         logger.warning("MLflow: evaluation results were not logged (%s: %s)", type(exc).__name__, exc)

@@ -439,7 +439,8 @@ def model_metadata(run: TrainingRun, model: nn.Module, metrics: dict[str, float]
             "max_length": config.sft.max_seq_length,
             # How `kubetune predict` turns rows into prompts for this model.
             INFERENCE_KEY: {"task": "sft", "format": config.sft.format, "columns": format_columns(config.sft),
-                            "chat_template": config.sft.renders_chat, "max_seq_length": config.sft.max_seq_length},
+                            "chat_template": config.sft.renders_chat, "max_seq_length": config.sft.max_seq_length,
+                            "completion_only_loss": config.sft.masks_prompt},
         }
     else:
         task = {
