@@ -551,7 +551,8 @@ class TrackingConfig(Section):
     tags: dict[str, str] = Field(default_factory=dict, description="Extra MLflow tags of the run.")
     log_model: bool = Field(
         True, description="Log the final model (adapter, tokenizer, label map) as the run's MLflow model: "
-        "`mlflow.pyfunc.load_model('runs:/<run id>/model')` classifies a DataFrame of raw rows (kubetune.serving).",
+        "`mlflow.pyfunc.load_model('runs:/<run id>/model')` classifies a DataFrame of raw rows, or with task: sft "
+        "generates a completion per row (kubetune.serving).",
     )
 
 

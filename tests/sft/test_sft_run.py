@@ -51,6 +51,13 @@ def test_sft_config_runs_through_kubetune_run_and_predict_generates(tmp_path: Pa
     run = client.get_run(summary.mlflow_run_id)
     assert run.info.status == "FINISHED" and run.data.params["task"] == "sft"
     assert {"eval/loss", "eval/perplexity", "test/loss", "test/perplexity"} <= set(run.data.metrics)
+    # The promote step registered the logged model: the first sft model is the champion, on its test loss.
+    loss = summary.test_metrics["loss"]
+    line = (f"promotion: sft-pipeline-test version 1 promoted to champion: the first model: loss per token {loss:.4f}, "
+            "task: sft has no TF-IDF baseline")
+    assert summary.promotion["decision"] == "promoted" and summary.promotion["metric"] == "loss"
+    assert line in format_summary(summary).splitlines()
+    assert str(client.get_model_version_by_alias("sft-pipeline-test", "champion").version) == "1"
 
     # kubetune predict with the same config: a completion per row, compared with the expected answer.
     from kubetune.config import load_config
@@ -64,3 +71,6 @@ def test_sft_config_runs_through_kubetune_run_and_predict_generates(tmp_path: Pa
     assert out["exact_match"].tolist() == [c.strip() == r["response"] for c, r in zip(out["completion"], rows, strict=True)]
     assert result["exact_match"] == out["exact_match"].mean()
     assert all(len(c) > 0 for c in out["completion"])
+    # The champion from the run's local registry (<runs_uri>/mlflow.db, no tracking URI needed) generates the same.
+    generate_file("models:/sft-pipeline-test@champion", str(new), str(tmp_path / "champion.parquet"), load_config(config_file))
+    assert pd.read_parquet(tmp_path / "champion.parquet")["completion"].tolist() == out["completion"].tolist()
