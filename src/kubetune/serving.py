@@ -69,6 +69,10 @@ class KubetuneClassifier(mlflow.pyfunc.PythonModel):
     kubetune.inference.Predictor).
     """
 
+    # The logged signature checks the input; MLflow's own check from predict's type hints would only log, at
+    # every import, that it can't read pd.DataFrame. The attribute is how MLflow exempts its own ChatModel.
+    _skip_type_hint_validation = True
+
     def load_context(self, context: Any) -> None:
         from kubetune.errors import DataError
         from kubetune.inference import Predictor
@@ -106,6 +110,10 @@ class KubetuneGenerator(mlflow.pyfunc.PythonModel):
     most the `max_new_tokens` param's tokens (the run's `sft.max_new_tokens` unless given). The same completions
     as `kubetune predict` gives (both are kubetune.generation.completions with the model's own settings).
     """
+
+    # The logged signature checks the input; MLflow's own check from predict's type hints would only log, at
+    # every import, that it can't read pd.DataFrame. The attribute is how MLflow exempts its own ChatModel.
+    _skip_type_hint_validation = True
 
     def load_context(self, context: Any) -> None:
         from kubetune.generation import sft_settings

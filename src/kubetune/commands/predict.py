@@ -23,7 +23,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "`kubetune predict` wrote it.")
 
 
+def quiet_libraries() -> None:
+    """Only the libraries' errors reach a `kubetune predict` user, who gets kubetune's own progress bar and summary.
+
+    What they say while a trained model loads is noise here, some of it misleading: transformers reports the
+    classification head as "MISSING ... newly initialized" because the base checkpoint has none, and the trained
+    head is put in place from the adapter right after; MLflow draws a bar per downloaded file."""
+    import logging
+    import os
+    import warnings
+
+    import transformers
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()  # "Loading weights": predict draws its own bar
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+
 def run(args: argparse.Namespace) -> int:
+    quiet_libraries()  # first: importing kubetune.inference already makes MLflow speak
     from kubetune import storage
     from kubetune.console import print_table
     from kubetune.data.load import check_exists
