@@ -93,6 +93,14 @@ def test_without_a_baseline_the_table_is_the_models_alone():
     assert any(line.split() == ["test", "metric", "value"] for line in text.splitlines())
 
 
+def test_counts_among_the_test_metrics_show_as_counts():
+    # task: sft's metrics.json holds the scored rows and tokens beside loss and perplexity, all as floats.
+    text = format_summary(compared({"loss": 1.2555, "perplexity": 3.5096, "rows": 150.0, "tokens": 1209.0}, {}))
+    shown = {line.split()[0]: line.split()[1] for line in text.splitlines()
+             if line.startswith(("loss", "perplexity", "rows", "tokens"))}
+    assert shown == {"loss": "1.26", "perplexity": "3.51", "rows": "150", "tokens": "1,209"}
+
+
 def test_the_promotion_lines_follow_the_metrics_and_summarize_reads_them(tmp_path: Path):
     from kubetune.promotion import PromotionResult
 

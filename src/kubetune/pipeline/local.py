@@ -371,7 +371,9 @@ def format_summary(summary: LocalRunSummary) -> str:
     if summary.test_metrics and summary.baseline_metrics:
         lines.extend(comparison_lines(summary.test_metrics, summary.baseline_metrics, first_header="test metric"))
     elif summary.test_metrics:
-        shown = [(name, value) for name, value in summary.test_metrics.items()]
+        # Counts (sft's rows and tokens) come back from metrics.json as floats: show them as counts.
+        shown = [(name, int(value) if isinstance(value, float) and value.is_integer() and abs(value) >= 1 else value)
+                 for name, value in summary.test_metrics.items()]
         lines.append(format_table(["test metric", "value"], shown))
     if summary.promotion:
         from kubetune.promotion import PromotionResult
