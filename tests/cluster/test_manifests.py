@@ -153,7 +153,8 @@ def test_shipped_cluster_configs_use_these_services(path, dev):
     script = by_kind(dev, "Job")["minio-buckets"]["spec"]["template"]["spec"]["containers"][0]["args"][0]
     created = re.search(r"for bucket in ([^;]+);", script).group(1).split()
     assert created == ["kubetune-data", "kubetune-runs", "mlflow"]
-    for uri in (config.storage.runs_uri, config.data.uri):
+    data = config.data.sources or [config.data.uri]  # task: sft configs may name several sources
+    for uri in (config.storage.runs_uri, *data):
         assert urlsplit(uri).netloc in created, uri
 
 
