@@ -35,7 +35,7 @@ def test_cron_schedule_is_sent_in_kfps_six_field_form(kfp_server, run_yaml, caps
     spec = sent["pipeline_spec"]["pipeline_spec"]
     assert set(spec["root"]["dag"]["tasks"]) == {"exit-handler-1", "finalize"}
     assert set(spec["components"]["comp-exit-handler-1"]["dag"]["tasks"]) == {
-        "validate", "preprocess", "tokenize", "train", "evaluate"}
+        "validate", "preprocess", "tokenize", "train", "evaluate", "promote"}
     (experiment,) = kfp_server.experiments.values()
     assert sent["experiment_id"] == experiment["experiment_id"] and experiment["display_name"] == "ledger-codes"
 

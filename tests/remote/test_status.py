@@ -43,6 +43,7 @@ def finished_tasks() -> list[dict]:
         task("train", "FAILED", "2025-06-02T08:03:30Z", "2025-06-02T08:04:00Z", error="pod OOMKilled"),
         task("train", "SUCCEEDED", "2025-06-02T08:05:00Z", "2025-06-02T09:17:45Z"),
         task("evaluate", "SUCCEEDED", "2025-06-02T09:18:00Z", "2025-06-02T09:19:10Z"),
+        task("promote", "SUCCEEDED", "2025-06-02T09:19:12Z", "2025-06-02T09:19:25Z"),
     ]
 
 
@@ -66,6 +67,7 @@ def test_status_shows_each_step_the_mlflow_link_and_the_job(kfp_server, run_yaml
         "tokenize    SUCCEEDED  2025-06-02 08:00:22  3m 02s",
         "train       SUCCEEDED  2025-06-02 08:05:00  1h 12m",
         "evaluate    SUCCEEDED  2025-06-02 09:18:00  1m 10s",
+        "promote     SUCCEEDED  2025-06-02 09:19:12  13s",
         "",
         f"MLflow    {kfp_server.url}/#/experiments/7/runs/0c1d2e3f  (tag kubetune.run_id={RUN_ID})",
         f"job       kubectl get pytorchjobs -n ml-training -l kubetune.io/run-id={RUN_ID}",

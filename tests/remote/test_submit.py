@@ -282,6 +282,17 @@ def test_every_shipped_cluster_config_passes_the_cluster_checks():
         assert config.cluster.launcher == "pytorchjob", path
 
 
+def test_each_of_several_data_sources_must_be_in_object_storage():
+    from kubetune.errors import ConfigError
+    from kubetune.pipeline.remote import cluster_run_config
+
+    sft = Path(__file__).resolve().parents[2] / "configs" / "qwen2.5-0.5b-sft-lora.yaml"
+    with pytest.raises(ConfigError) as raised:
+        cluster_run_config(sft, ["data.sources=[s3://kubetune-data/a.jsonl, /home/me/b.jsonl]"])
+    (problem,) = raised.value.problems
+    assert problem.startswith("data.sources.1: '/home/me/b.jsonl' is not in object storage")
+
+
 def test_a_missing_service_account_token_file_is_one_line(kfp_server, run_yaml, capsys, monkeypatch, tmp_path):
     monkeypatch.setenv("KF_PIPELINES_SA_TOKEN_PATH", str(tmp_path / "no-token"))
     code, _, err = kubetune(capsys, "submit", "-c", str(run_yaml), "--host", kfp_server.url)

@@ -106,17 +106,19 @@ def cluster_run_config(
 def reachability_problems(config: RunConfig) -> list[str]:
     """What a cluster's pods could not reach: local data, local outputs, a local MLflow store, a local model."""
     problems = []
-    for key in ("uri", "validation_uri", "test_uri"):
-        uri = getattr(config.data, key)
-        if key == "uri" and not uri:
+    # task: sft may name its data as data.sources (several inputs) instead of data.uri.
+    data = [(f"data.sources.{i}", uri) for i, uri in enumerate(config.data.sources)] or [("data.uri", config.data.uri)]
+    data += [(f"data.{key}", getattr(config.data, key)) for key in ("validation_uri", "test_uri")]
+    for key, uri in data:
+        if key == "data.uri" and not uri:
             problems.append(
                 "data.uri: no data given; a cluster run reads an s3:// or minio:// URI (or demo://ledger): "
                 "set data.uri=s3://bucket/path"
             )
         elif uri and not (storage.is_remote(uri) or uri.startswith("demo://")):
             problems.append(
-                f"data.{key}: {uri!r} is not in object storage, so the cluster's pods can't read it; upload it "
-                f"(e.g. `aws s3 cp`) and set data.{key}=s3://bucket/key (or minio://)"
+                f"{key}: {uri!r} is not in object storage, so the cluster's pods can't read it; upload it "
+                f"(e.g. `aws s3 cp`) and set {key}=s3://bucket/key (or minio://)"
             )
     if not storage.is_remote(config.storage.runs_uri):
         problems.append(
