@@ -209,14 +209,7 @@ def tokenize_cache_key(config: RunConfig, checksum: dict[str, Any], tokenizer_ha
 
 def _tokenize(config: RunConfig, input_uri: str, output_uri: str) -> TokenizeResult:
     from kubetune.data.sft import tokenizer_digest
-    from kubetune.data.stages import (
-        _NOT_CONTENT,
-        DIAGNOSTICS_FILE,
-        TokenizeResult,
-        _info,
-        _print_tokenize_summary,
-        diagnostics_split_rows,
-    )
+    from kubetune.data.stages import _NOT_CONTENT, reuse_tokenized
     from kubetune.data.tokenization import load_tokenizer, tokenizer_source
 
     if not storage.is_complete(input_uri, config.storage):
@@ -228,13 +221,9 @@ def _tokenize(config: RunConfig, input_uri: str, output_uri: str) -> TokenizeRes
         tokenizer_hash = tokenizer_digest(source)
         checksum = cache.input_checksum(input_uri, config.storage, exclude=_NOT_CONTENT)
         key = tokenize_cache_key(config, checksum, tokenizer_hash)
-        metadata = cache.read_complete_metadata(output_uri, config.storage)
-        if metadata is not None and metadata.get("tokenize", {}).get("cache_key") == key:
-            _info("tokenize: reusing %s (cache key %s: same input, tokenizer and config)", output_uri, key)
-            diagnostics = json.loads(storage.read_text(f"{output_uri.rstrip('/')}/{DIAGNOSTICS_FILE}", config.storage))
-            result = TokenizeResult(output_uri, dict(diagnostics_split_rows(diagnostics)), True, key, diagnostics)
-            _print_tokenize_summary(diagnostics, result)
-            return result
+        reused = reuse_tokenized(config, output_uri, key)
+        if reused is not None:
+            return reused
         if not is_main_process():
             raise KubetuneError(f"rank {rank()}: no complete tokenize output at {output_uri} after rank 0 ran; see rank 0's log")
         tokenizer = load_tokenizer(config, source)

@@ -400,6 +400,18 @@ def _write_json(path: Path, value: Any) -> None:
 
 
 # ========================================================================================= tokenize
+def reuse_tokenized(config: RunConfig, output_uri: str, key: str) -> TokenizeResult | None:
+    """The complete tokenize output at `output_uri` when its cache key is `key` (its summary printed), else None."""
+    metadata = cache.read_complete_metadata(output_uri, config.storage)
+    if metadata is None or metadata.get("tokenize", {}).get("cache_key") != key:
+        return None
+    _info("tokenize: reusing %s (cache key %s: same input, tokenizer and config)", output_uri, key)
+    diagnostics = json.loads(storage.read_text(f"{output_uri.rstrip('/')}/{DIAGNOSTICS_FILE}", config.storage))
+    result = TokenizeResult(output_uri, dict(diagnostics_split_rows(diagnostics)), True, key, diagnostics)
+    _print_tokenize_summary(diagnostics, result)
+    return result
+
+
 def tokenize(config: RunConfig, input_uri: str, output_uri: str) -> TokenizeResult:
     """Tokenize a preprocess output (`input_uri`) into `output_uri`, with diagnostics."""
     if config.task == "sft":
@@ -431,13 +443,9 @@ def _tokenize(config: RunConfig, input_uri: str, output_uri: str) -> TokenizeRes
             "config": neutral.fingerprint("tokenize"),
             "tokenizer": tokenizer_hash,
         })
-        metadata = cache.read_complete_metadata(output_uri, config.storage)
-        if metadata is not None and metadata.get("tokenize", {}).get("cache_key") == key:
-            _info("tokenize: reusing %s (cache key %s: same input, tokenizer and config)", output_uri, key)
-            diagnostics = json.loads(storage.read_text(f"{output_uri.rstrip('/')}/{DIAGNOSTICS_FILE}", config.storage))
-            result = TokenizeResult(output_uri, dict(diagnostics_split_rows(diagnostics)), True, key, diagnostics)
-            _print_tokenize_summary(diagnostics, result)
-            return result
+        reused = reuse_tokenized(config, output_uri, key)
+        if reused is not None:
+            return reused
         if not is_main_process():
             raise KubetuneError(f"rank {rank()}: no complete tokenize output at {output_uri} after rank 0 ran; see rank 0's log")
         tokenizer = load_tokenizer(config, source)
