@@ -353,16 +353,16 @@ def test_quality_runs_each_system_as_a_kubetune_run(tmp_path: Path, results_dir:
     assert quality_main(["--datasets", "council", "--council-rows", "5000", "--full-lr", "2e-4"]) == 0
     assert [c[c.index("--config") + 1] for c in commands] == [str(bench.common.REPO_ROOT / "configs" / "council-spend.yaml")] * 2
     assert commands[0][-1] == "data.max_rows=5000"
-    # council-spend.yaml trains 2 epochs of LoRA; the full fine-tune gets 2 / 1.6 for about the same time.
+    # council-spend.yaml trains 4 epochs of LoRA; the full fine-tune gets 4 / 1.6 for about the same time.
     assert commands[1][-5:] == ["data.max_rows=5000", "lora.enable=false", "training.learning_rate=0.0002",
-                                "training.head_learning_rate=null", "training.epochs=1.25"]
+                                "training.head_learning_rate=null", "training.epochs=2.5"]
     with (results_dir / "quality.csv").open(newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert [(r["system"], r["run_command"]) for r in rows] == [
         ("kubetune", "kubetune run --config configs/council-spend.yaml data.max_rows=5000"),
         ("baseline", "kubetune run --config configs/council-spend.yaml data.max_rows=5000"),
         ("full-fine-tune", "kubetune run --config configs/council-spend.yaml data.max_rows=5000 lora.enable=false "
-                           "training.learning_rate=0.0002 training.head_learning_rate=null training.epochs=1.25"),
+                           "training.learning_rate=0.0002 training.head_learning_rate=null training.epochs=2.5"),
     ]
     assert rows[0]["data"] == "council payments, first 5,000 rows, split by supplier"
 
