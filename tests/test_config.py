@@ -141,6 +141,11 @@ def test_class_weight_bounds_ordered():
     assert "loss.class_weights.min (5.0) is above loss.class_weights.max (1.0)" in problem
 
 
+def test_label_smoothing_must_leave_the_label_some_of_the_target():
+    [problem] = problems_of({"loss": {"label_smoothing": 1.0}})
+    assert problem.startswith("loss.label_smoothing: ") and "less than 1" in problem
+
+
 @pytest.mark.parametrize("key", ["num_labels", "id2label", "label2id"])
 def test_label_fields_are_filled_from_data(key: str):
     [problem] = problems_of({"model": {key: 3 if key == "num_labels" else {"0": "a"}}})

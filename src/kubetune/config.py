@@ -497,6 +497,11 @@ class ClassWeightsConfig(Section):
 
 class LossConfig(Section):
     class_weights: ClassWeightsConfig = Field(default_factory=ClassWeightsConfig)
+    label_smoothing: float = Field(
+        0.0, ge=0.0, lt=1.0,
+        description="Share of each row's target spread evenly over the real classes (PyTorch's cross-entropy "
+        "`label_smoothing`; dummy slots get none); 0: plain one-hot targets.",
+    )
 
 
 # ---------------------------------------------------------------------------------------- evaluate
@@ -841,7 +846,7 @@ NOT_FOR_SFT: tuple[str, ...] = (
     "serialize.retain_columns", "serialize.num_proc",
     "tokenize.max_length", "tokenize.truncation", "tokenize.padding",
     "model.dropout", "model.pooling", "training.head_learning_rate",
-    "loss.class_weights.enable", "predict.top_k", "predict.review_threshold",
+    "loss.class_weights.enable", "loss.label_smoothing", "predict.top_k", "predict.review_threshold",
 )
 NOT_FOR_CLASSIFICATION: tuple[str, ...] = (
     "data.sources", "data.ops", "model.quantization",

@@ -31,6 +31,7 @@ promote.policy=always`).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -45,6 +46,8 @@ from kubetune import storage
 from kubetune.errors import DataError, KubetuneError, short_reason
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     import pandas as pd
     from mlflow.tracking import MlflowClient
 
@@ -239,6 +242,17 @@ class SftEvaluation:
         return int(self.metrics.get("rows", 0))
 
 
+@contextlib.contextmanager
+def evaluation_folder(evaluation_uri: str, config: RunConfig, option: str) -> Iterator[Path]:
+    """A local copy of the complete evaluate output at `evaluation_uri` (local or object storage), removed after;
+    one line naming `option` and the URI when it is not a complete one."""
+    if not storage.exists(evaluation_uri, config.storage) or not storage.is_complete(evaluation_uri, config.storage):
+        raise KubetuneError(f"{option}: {evaluation_uri} is not a complete evaluate output (no {storage.COMPLETE_MARKER} "
+                            "marker); give the folder `kubetune evaluate` or the evaluate step wrote")
+    with tempfile.TemporaryDirectory(prefix="kubetune-promote-") as scratch:
+        yield storage.download(evaluation_uri, Path(scratch) / "evaluation", config.storage)
+
+
 def read_evaluation(evaluation_uri: str, config: RunConfig, option: str = "evaluation") -> Evaluation:
     """The evaluate output at `evaluation_uri` (local or object storage): one line naming it when it is not one."""
     import pandas as pd
@@ -246,11 +260,7 @@ def read_evaluation(evaluation_uri: str, config: RunConfig, option: str = "evalu
     from kubetune.evaluation import TEST_ROWS_FILE
     from kubetune.evaluation.baseline import BASELINE_METRICS_FILE
 
-    if not storage.exists(evaluation_uri, config.storage) or not storage.is_complete(evaluation_uri, config.storage):
-        raise KubetuneError(f"{option}: {evaluation_uri} is not a complete evaluate output (no {storage.COMPLETE_MARKER} "
-                            "marker); give the folder `kubetune evaluate` or the evaluate step wrote")
-    with tempfile.TemporaryDirectory(prefix="kubetune-promote-") as scratch:
-        folder = storage.download(evaluation_uri, Path(scratch) / "evaluation", config.storage)
+    with evaluation_folder(evaluation_uri, config, option) as folder:
         missing = [name for name in ("metrics.json", PREDICTIONS_FILE) if not (folder / name).is_file()]
         if missing:
             raise DataError(f"{option}: {evaluation_uri} has no {' and no '.join(missing)}; give an evaluate output")
@@ -275,11 +285,7 @@ def read_sft_evaluation(evaluation_uri: str, config: RunConfig, option: str = "e
     from kubetune.evaluation import TEST_ROWS_FILE
     from kubetune.evaluation.sft import GENERATIONS_FILE, ROW_LOSSES_FILE
 
-    if not storage.exists(evaluation_uri, config.storage) or not storage.is_complete(evaluation_uri, config.storage):
-        raise KubetuneError(f"{option}: {evaluation_uri} is not a complete evaluate output (no {storage.COMPLETE_MARKER} "
-                            "marker); give the folder `kubetune evaluate` or the evaluate step wrote")
-    with tempfile.TemporaryDirectory(prefix="kubetune-promote-") as scratch:
-        folder = storage.download(evaluation_uri, Path(scratch) / "evaluation", config.storage)
+    with evaluation_folder(evaluation_uri, config, option) as folder:
         if not (folder / "metrics.json").is_file():
             raise DataError(f"{option}: {evaluation_uri} has no metrics.json; give an evaluate output")
         metrics = json.loads((folder / "metrics.json").read_text())

@@ -82,3 +82,24 @@ def test_weighted_loss_is_normalised_by_the_row_count():
     assert loss_fn({"logits": logits}, labels, num_items_in_batch=torch.tensor(6)).item() == pytest.approx(
         per_row.sum().item() / 6
     )
+
+
+def test_label_smoothing_spreads_over_the_real_classes_only():
+    logits = torch.tensor([[2.0, 0.5, -1.0, 9.0, 9.0], [0.0, 1.0, 3.0, 9.0, 9.0]], requires_grad=True)
+    labels = torch.tensor([0, 2])
+    loss = ClassificationLoss(num_real_labels=3, label_smoothing=0.1)({"logits": logits}, labels)
+    log_probs = F.log_softmax(logits[:, :3], dim=-1)
+    # (1 - 0.1) on the label plus 0.1 / 3 on each of the 3 real classes; nothing on the 2 dummy slots.
+    targets = torch.full((2, 3), 0.1 / 3) + 0.9 * F.one_hot(labels, 3)
+    assert loss.item() == pytest.approx(-(targets * log_probs).sum(-1).mean().item())
+    assert loss.item() > ClassificationLoss(num_real_labels=3)({"logits": logits}, labels).item()
+    loss.backward()
+    assert logits.grad[:, 3:].eq(0).all()
+
+
+def test_label_smoothing_with_class_weights_weights_each_row():
+    logits = torch.tensor([[2.0, 0.5, -1.0, 0.0], [0.0, 1.0, 3.0, 0.0]])
+    labels = torch.tensor([0, 2])
+    per_row = F.cross_entropy(logits[:, :3], labels, reduction="none", label_smoothing=0.2) * torch.tensor([0.5, 1.5])
+    loss_fn = ClassificationLoss(num_real_labels=3, weights=[0.5, 2.0, 1.5, 0.0], label_smoothing=0.2)
+    assert loss_fn({"logits": logits}, labels).item() == pytest.approx(per_row.mean().item())

@@ -160,7 +160,9 @@ def evaluate(
                                curves_png=curves, baseline=baseline_scores or None)
             (out / "report.html").write_text(html)
             if mlflow_run_id:
-                _log_to_mlflow(config, mlflow_run_id, split, metrics, out, model_dir, baseline_scores)
+                logged = {f"{split}/{name}": value for name, value in metrics.items()}
+                logged |= {f"baseline/{split}/{name}": value for name, value in baseline_scores.items()}
+                log_evaluation(config, mlflow_run_id, logged, out, model_dir)
     report = f"{storage.normalize_uri(output_uri).rstrip('/')}/report.html"
     return EvaluationResult(output_uri, metrics, folded_labels, folded, report, baseline_scores)
 
@@ -245,10 +247,13 @@ def _write_test_rows(path: Path, rows) -> None:
         rows.select_columns(raw).to_pandas().rename(columns=lambda c: c.removeprefix(RAW_PREFIX)).to_parquet(path, index=False)
 
 
-def _log_to_mlflow(config: RunConfig, run_id: str, split: str, metrics: dict[str, float], out: Path,
-                   model_dir: Path, baseline: dict[str, float]) -> None:
-    """Into the pipeline's run: the metrics (as <split>/<name>, once each: the trainer scores validation only),
-    the baseline's (as baseline/<split>/<name>), the report, and the model as the run's MLflow model
+# What the evaluate step logs as artifacts, of what it wrote (either task).
+LOGGED_FILES = ("report.html", "per_class.csv", "confusion.json", "confusion.png", LEARNING_CURVES_FILE, BASELINE_METRICS_FILE)
+
+
+def log_evaluation(config: RunConfig, run_id: str, metrics: dict[str, float], out: Path, model_dir: Path) -> None:
+    """Into the pipeline's run (either task): `metrics` (named as logged, e.g. test/accuracy, once each: the trainer
+    scores validation only), the files of LOGGED_FILES that `out` holds, and the model as the run's MLflow model
     (kubetune.serving). Never fails the step."""
     from kubetune import tracking
 
@@ -261,16 +266,13 @@ def _log_to_mlflow(config: RunConfig, run_id: str, split: str, metrics: dict[str
 
         client = tracking.client_for(uri)
         now = int(time.time() * 1000)
-        logged = [Metric(f"{split}/{name}", float(value), now, 0) for name, value in metrics.items()]
-        logged += [Metric(f"baseline/{split}/{name}", float(value), now, 0) for name, value in baseline.items()]
-        client.log_batch(run_id, metrics=logged)
-        for name in ("report.html", "per_class.csv", "confusion.json", "confusion.png", LEARNING_CURVES_FILE,
-                     BASELINE_METRICS_FILE):
+        client.log_batch(run_id, metrics=[Metric(name, float(value), now, 0) for name, value in metrics.items()])
+        for name in LOGGED_FILES:
             if (out / name).exists():
                 client.log_artifact(run_id, str(out / name), artifact_path="evaluation")
         if config.tracking.log_model:
             from kubetune.serving import log_model
 
-            log_model(client, run_id, model_dir)
+            log_model(client, run_id, model_dir, config.sft.max_new_tokens if config.task == "sft" else None)
     except Exception as exc:  # noqa: BLE001 - tracking never fails a step
         logger.warning("MLflow: evaluation results were not logged (%s: %s)", type(exc).__name__, exc)

@@ -89,7 +89,7 @@ def evaluate_sft(config: RunConfig, model_uri: str, data_uri: str, output_uri: s
                  split: str = "test"):
     from datasets import load_from_disk
 
-    from kubetune.evaluation import LEARNING_CURVES_FILE, EvaluationResult
+    from kubetune.evaluation import LEARNING_CURVES_FILE, EvaluationResult, log_evaluation
     from kubetune.evaluation.curves import learning_curves_png
     from kubetune.train.causal_lm import load_trained_causal_lm, perplexity
     from kubetune.train.history import read_training_history
@@ -124,7 +124,7 @@ def evaluate_sft(config: RunConfig, model_uri: str, data_uri: str, output_uri: s
             (out / "report.html").write_text(report_html(metrics, split, model_uri, curves, samples))
             _write_gate_files(out, rows, row_losses, row_tokens, samples)
             if mlflow_run_id:
-                _log_to_mlflow(config, mlflow_run_id, split, metrics, out, model_dir)
+                log_evaluation(config, mlflow_run_id, {f"{split}/{name}": v for name, v in metrics.items()}, out, model_dir)
     report = f"{storage.normalize_uri(output_uri).rstrip('/')}/report.html"
     return EvaluationResult(output_uri, metrics, [], [], report, {})
 
@@ -197,32 +197,3 @@ def report_html(metrics: dict[str, float], split: str, model: str, curves_png: b
         f"<p>{e(split)} split ({int(metrics['rows']):,} examples, teacher-forced) · model: {e(model)}</p>{cards}{curves}"
         "</body></html>\n"
     )
-
-
-def _log_to_mlflow(config: RunConfig, run_id: str, split: str, metrics: dict[str, float], out: Path,
-                   model_dir: Path) -> None:
-    """test/<name> metrics, the report and the model as the run's MLflow model (kubetune.serving.KubetuneGenerator)
-    into the pipeline's run; never fails the step."""
-    from kubetune import tracking
-
-    uri = tracking.tracking_uri(config)
-    if uri is None:
-        logger.warning("MLflow: no tracking.tracking_uri and no $MLFLOW_TRACKING_URI; evaluation results were not logged")
-        return
-    try:
-        from mlflow.entities import Metric
-
-        from kubetune.evaluation import LEARNING_CURVES_FILE
-
-        client = tracking.client_for(uri)
-        now = int(time.time() * 1000)
-        client.log_batch(run_id, metrics=[Metric(f"{split}/{name}", float(value), now, 0) for name, value in metrics.items()])
-        for name in ("report.html", LEARNING_CURVES_FILE):
-            if (out / name).exists():
-                client.log_artifact(run_id, str(out / name), artifact_path="evaluation")
-        if config.tracking.log_model:
-            from kubetune.serving import log_model
-
-            log_model(client, run_id, model_dir, config.sft.max_new_tokens)
-    except Exception as exc:  # noqa: BLE001 - tracking never fails a step
-        logger.warning("MLflow: evaluation results were not logged (%s: %s)", type(exc).__name__, exc)

@@ -348,25 +348,7 @@ def build_trainer(run: Any, model: nn.Module, args: Any) -> Any:
     return trainer
 
 
-# -------------------------------------------------------------------------------------------- save
-def save_trained_model(model: nn.Module, tokenizer: PreTrainedTokenizerBase, directory: Path, metadata: dict[str, Any],
-                       metrics: dict[str, float], merge: bool, state_dict: dict[str, Any] | None = None) -> None:
-    """OUT/model: adapter (or full model), tokenizer with its chat template, metadata, metrics; `merge` adds merged/."""
-    from kubetune.train.model import MERGED_DIR, MODEL_METADATA_FILE, TRAINING_METRICS_FILE
-
-    kwargs = {"state_dict": state_dict} if state_dict is not None else {}
-    model.save_pretrained(directory, safe_serialization=True, **kwargs)
-    tokenizer.save_pretrained(directory)
-    (directory / MODEL_METADATA_FILE).write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
-    (directory / TRAINING_METRICS_FILE).write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-    if merge:
-        merged = model.merge_and_unload()
-        merged_dir = directory / MERGED_DIR
-        merged.save_pretrained(merged_dir, safe_serialization=True)
-        tokenizer.save_pretrained(merged_dir)
-        (merged_dir / MODEL_METADATA_FILE).write_text(json.dumps({**metadata, "merged": True}, indent=2, sort_keys=True) + "\n")
-
-
+# -------------------------------------------------------------------------------------------- load
 def load_trained_causal_lm(model_dir: str | Path) -> tuple[nn.Module, PreTrainedTokenizerBase, dict[str, Any]]:
     """(model, tokenizer, metadata) from an SFT OUT/model (adapter on its base, or a merged/full model), in eval mode."""
     from transformers import AutoModelForCausalLM

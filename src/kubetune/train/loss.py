@@ -1,4 +1,5 @@
-"""The training loss: cross-entropy over the real classes, optionally weighted by class frequency.
+"""The training loss: cross-entropy over the real classes, optionally weighted by class frequency and
+with label smoothing.
 
 Dummy label slots (the head's spare outputs, see kubetune.data.labels) never receive probability
 mass. We mask their logits — set them to the dtype's lowest finite value before the softmax — rather
@@ -19,6 +20,10 @@ split gets the `max` weight before normalising (no row uses it; it only enters t
 The weighted loss of a batch is sum(weight[label] * ce) / rows: the Trainer passes the row count
 of the whole accumulated (and, across ranks, gathered) batch as `num_items_in_batch`, so gradient
 accumulation and several ranks give the same gradient as one big batch.
+
+Label smoothing (loss.label_smoothing) spreads its share of the target over the real classes only: the
+loss is computed on the real slots' logits, since a share given to a masked dummy slot would cost a
+log-probability of the lowest finite value.
 """
 
 from __future__ import annotations
@@ -67,11 +72,12 @@ def class_weights_for(labels: Sequence[int], num_slots: int, num_real_labels: in
 
 
 class ClassificationLoss:
-    """The Trainer's `compute_loss_func`: masked (and optionally class-weighted) cross-entropy."""
+    """The Trainer's `compute_loss_func`: masked (and optionally class-weighted, label-smoothed) cross-entropy."""
 
-    def __init__(self, num_real_labels: int, weights: Sequence[float] | None = None):
+    def __init__(self, num_real_labels: int, weights: Sequence[float] | None = None, label_smoothing: float = 0.0):
         self.num_real_labels = num_real_labels
         self.weights = list(weights) if weights is not None else None
+        self.label_smoothing = label_smoothing
         self._weights_tensor: torch.Tensor | None = None
 
     def __call__(self, outputs: Any, labels: torch.Tensor, num_items_in_batch: Any = None) -> torch.Tensor:
@@ -82,7 +88,12 @@ class ClassificationLoss:
         # fp32 for the softmax even under bf16 autocast: with hundreds of classes bf16 loses the small probabilities.
         logits = mask_dummy_logits(logits.float(), self.num_real_labels)
         labels = labels.to(logits.device).view(-1)
-        losses = F.cross_entropy(logits.view(-1, logits.shape[-1]), labels, reduction="none")
+        if self.label_smoothing:
+            # The masked dummy slots hold exactly zero probability, so the real slots alone give the same
+            # softmax; smoothing must not reach the dummies (see the module docstring).
+            logits = logits[..., : self.num_real_labels]
+        losses = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels, reduction="none",
+                                 label_smoothing=self.label_smoothing)
         if self.weights is not None:
             if self._weights_tensor is None or self._weights_tensor.device != logits.device:
                 self._weights_tensor = torch.tensor(self.weights, dtype=torch.float32, device=logits.device)

@@ -215,14 +215,15 @@ def install_dummy_slot_mask(model: nn.Module, num_real_labels: int) -> Any:
 def save_trained_model(
     model: nn.Module,
     tokenizer: PreTrainedTokenizerBase,
-    label_map: LabelMap,
+    label_map: LabelMap | None,
     directory: Path,
     metadata: dict[str, Any],
     metrics: dict[str, float],
     merge: bool,
     state_dict: dict[str, Any] | None = None,
 ) -> None:
-    """OUT/model: adapter (or full model), tokenizer, label map, metadata and metrics; `merge` adds merged/.
+    """OUT/model: adapter (or full model), tokenizer (with its chat template), label map (classifiers; None for
+    a causal LM), metadata and metrics; `merge` adds merged/.
 
     Everything goes through save_pretrained (safetensors) or JSON — nothing is pickled.
     `state_dict` is the gathered one when the weights are sharded (ZeRO-3).
@@ -230,7 +231,8 @@ def save_trained_model(
     kwargs = {"state_dict": state_dict} if state_dict is not None else {}
     model.save_pretrained(directory, safe_serialization=True, **kwargs)
     tokenizer.save_pretrained(directory)
-    label_map.save(directory)
+    if label_map is not None:
+        label_map.save(directory)
     (directory / MODEL_METADATA_FILE).write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n")
     (directory / TRAINING_METRICS_FILE).write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     if merge:
@@ -239,7 +241,8 @@ def save_trained_model(
         merged_dir = directory / MERGED_DIR
         merged.save_pretrained(merged_dir, safe_serialization=True)
         tokenizer.save_pretrained(merged_dir)
-        label_map.save(merged_dir)
+        if label_map is not None:
+            label_map.save(merged_dir)
         merged_metadata = {**metadata, "merged": True}
         (merged_dir / MODEL_METADATA_FILE).write_text(json.dumps(merged_metadata, indent=2, sort_keys=True) + "\n")
 
