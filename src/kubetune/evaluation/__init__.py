@@ -160,9 +160,7 @@ def evaluate(
                                curves_png=curves, baseline=baseline_scores or None)
             (out / "report.html").write_text(html)
             if mlflow_run_id:
-                logged = {f"{split}/{name}": value for name, value in metrics.items()}
-                logged |= {f"baseline/{split}/{name}": value for name, value in baseline_scores.items()}
-                log_evaluation(config, mlflow_run_id, logged, out, model_dir)
+                log_evaluation(config, mlflow_run_id, split, metrics, out, model_dir, baseline_scores)
     report = f"{storage.normalize_uri(output_uri).rstrip('/')}/report.html"
     return EvaluationResult(output_uri, metrics, folded_labels, folded, report, baseline_scores)
 
@@ -251,10 +249,11 @@ def _write_test_rows(path: Path, rows) -> None:
 LOGGED_FILES = ("report.html", "per_class.csv", "confusion.json", "confusion.png", LEARNING_CURVES_FILE, BASELINE_METRICS_FILE)
 
 
-def log_evaluation(config: RunConfig, run_id: str, metrics: dict[str, float], out: Path, model_dir: Path) -> None:
-    """Into the pipeline's run (either task): `metrics` (named as logged, e.g. test/accuracy, once each: the trainer
-    scores validation only), the files of LOGGED_FILES that `out` holds, and the model as the run's MLflow model
-    (kubetune.serving). Never fails the step."""
+def log_evaluation(config: RunConfig, run_id: str, split: str, metrics: dict[str, float], out: Path, model_dir: Path,
+                   baseline: dict[str, float] | None = None) -> None:
+    """Into the pipeline's run (either task): the metrics (as <split>/<name>, once each: the trainer scores validation
+    only), the baseline's (as baseline/<split>/<name>), the files of LOGGED_FILES that `out` holds, and the model as
+    the run's MLflow model (kubetune.serving). Never fails the step."""
     from kubetune import tracking
 
     uri = tracking.tracking_uri(config)
@@ -266,7 +265,9 @@ def log_evaluation(config: RunConfig, run_id: str, metrics: dict[str, float], ou
 
         client = tracking.client_for(uri)
         now = int(time.time() * 1000)
-        client.log_batch(run_id, metrics=[Metric(name, float(value), now, 0) for name, value in metrics.items()])
+        logged = [Metric(f"{split}/{name}", float(value), now, 0) for name, value in metrics.items()]
+        logged += [Metric(f"baseline/{split}/{name}", float(value), now, 0) for name, value in (baseline or {}).items()]
+        client.log_batch(run_id, metrics=logged)
         for name in LOGGED_FILES:
             if (out / name).exists():
                 client.log_artifact(run_id, str(out / name), artifact_path="evaluation")

@@ -124,7 +124,7 @@ def evaluate_sft(config: RunConfig, model_uri: str, data_uri: str, output_uri: s
             (out / "report.html").write_text(report_html(metrics, split, model_uri, curves, samples))
             _write_gate_files(out, rows, row_losses, row_tokens, samples)
             if mlflow_run_id:
-                log_evaluation(config, mlflow_run_id, {f"{split}/{name}": v for name, v in metrics.items()}, out, model_dir)
+                log_evaluation(config, mlflow_run_id, split, metrics, out, model_dir)
     report = f"{storage.normalize_uri(output_uri).rstrip('/')}/report.html"
     return EvaluationResult(output_uri, metrics, [], [], report, {})
 

@@ -9,9 +9,11 @@ of the mass that the real classes pay for. With the mask their probability is ex
 rows get no gradient, and a dummy slot can never be predicted. The finite lowest value (not -inf)
 keeps every logsumexp free of inf - inf.
 
-The same `mask_dummy_logits` runs in three places so training and inference agree: in this loss,
-in `kubetune.train.metrics` (argmax over the real classes), and as a forward hook on every model
-that `kubetune.train.model.load_trained_classifier` returns (the evaluate stage's model).
+`mask_dummy_logits` runs in `kubetune.train.metrics` (argmax over the real classes) and as a forward
+hook on every model that `kubetune.train.model.load_trained_classifier` returns (the evaluate stage's
+model). This loss reads the real slots' logits alone, which gives the same softmax over them as the mask
+(a masked slot's probability is exactly 0) and the dummies' head rows no gradient, and which lets label
+smoothing spread its share over the real classes only.
 
 Class weights (loss.class_weights): inverse frequency in the train split, relative to a perfectly
 balanced split (mean count / class count), raised to `alpha`, clipped to [min, max], then scaled
@@ -20,10 +22,6 @@ split gets the `max` weight before normalising (no row uses it; it only enters t
 The weighted loss of a batch is sum(weight[label] * ce) / rows: the Trainer passes the row count
 of the whole accumulated (and, across ranks, gathered) batch as `num_items_in_batch`, so gradient
 accumulation and several ranks give the same gradient as one big batch.
-
-Label smoothing (loss.label_smoothing) spreads its share of the target over the real classes only: the
-loss is computed on the real slots' logits, since a share given to a masked dummy slot would cost a
-log-probability of the lowest finite value.
 """
 
 from __future__ import annotations
@@ -86,12 +84,8 @@ class ClassificationLoss:
 
         logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
         # fp32 for the softmax even under bf16 autocast: with hundreds of classes bf16 loses the small probabilities.
-        logits = mask_dummy_logits(logits.float(), self.num_real_labels)
+        logits = logits.float()[..., : self.num_real_labels]  # the dummy slots: see the module docstring
         labels = labels.to(logits.device).view(-1)
-        if self.label_smoothing:
-            # The masked dummy slots hold exactly zero probability, so the real slots alone give the same
-            # softmax; smoothing must not reach the dummies (see the module docstring).
-            logits = logits[..., : self.num_real_labels]
         losses = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels, reduction="none",
                                  label_smoothing=self.label_smoothing)
         if self.weights is not None:

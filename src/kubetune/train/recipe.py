@@ -360,8 +360,8 @@ def save(trainer: Trainer, run: TrainingRun, metrics: dict[str, float]) -> None:
         metadata = model_metadata(run, model, metrics)
         merge = config.lora.merge_on_save and config.lora.enable
         with storage.atomic_output_dir(paths.child(MODEL_DIR), "model", config.storage) as staging:
-            save_trained_model(model, run.tokenizer, label_map if config.task == "classification" else None, staging,
-                               metadata, metrics, merge=merge, state_dict=state_dict)
+            save_trained_model(model, run.tokenizer, label_map, staging, metadata, metrics, merge=merge,  # sft: no label map
+                               state_dict=state_dict)
             (staging / TRAINING_HISTORY_FILE).write_text(json.dumps(run.history, indent=2) + "\n")
             files = sorted(p for p in staging.iterdir() if p.is_file())
             # In a pipeline the evaluate step logs the model, as the run's MLflow model: one copy, one owner.
