@@ -146,6 +146,12 @@ def test_label_smoothing_must_leave_the_label_some_of_the_target():
     assert problem.startswith("loss.label_smoothing: ") and "less than 1" in problem
 
 
+@pytest.mark.parametrize(("value", "words"), [(1.0, "less than 1"), (-0.1, "greater than or equal to 0")])
+def test_column_dropout_is_a_probability_below_one(value: float, words: str):
+    [problem] = problems_of({"serialize": {"column_dropout": value}})
+    assert problem.startswith("serialize.column_dropout: ") and words in problem
+
+
 @pytest.mark.parametrize("key", ["num_labels", "id2label", "label2id"])
 def test_label_fields_are_filled_from_data(key: str):
     [problem] = problems_of({"model": {key: 3 if key == "num_labels" else {"0": "a"}}})

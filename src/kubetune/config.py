@@ -235,6 +235,15 @@ class SerializeConfig(Section):
         "1125.37 → 1100, 54.09 → 54, 0.1234 → 0.12: the magnitude stays, digits that are noise to a classifier go "
         "(fewer distinct number words to learn); unset: whole numbers as they are, floats with two decimals.",
     )
+    column_dropout: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="Leave each value of a training row out of its text with this probability (drawn once, from "
+        "`split.seed` and the row's position: the same every run); validation and test rows are always whole. A "
+        "model that always sees a supplier's name can learn the name alone, and then fails on suppliers it has never "
+        "seen: left out now and then, the other columns have to carry the answer too. 0: every value, every row.",
+    )
     retain_columns: list[str] = Field(
         default_factory=list, description="Columns kept beside `text` and `labels` (e.g. a row id to join predictions back)."
     )
@@ -843,7 +852,7 @@ NOT_FOR_SFT: tuple[str, ...] = (
     "split.label_column", "split.stratify", "split.group_column", "split.time_column", "split.max_classes",
     "split.dummy_prefix", "split.dummy_label", "split.missing_labels", "split.labelize_num_proc",
     "serialize.text_columns", "serialize.separator", "serialize.include_column_names", "serialize.significant_digits",
-    "serialize.retain_columns", "serialize.num_proc",
+    "serialize.column_dropout", "serialize.retain_columns", "serialize.num_proc",
     "tokenize.max_length", "tokenize.truncation", "tokenize.padding",
     "model.dropout", "model.pooling", "training.head_learning_rate",
     "loss.class_weights.enable", "loss.label_smoothing", "predict.top_k", "predict.review_threshold",

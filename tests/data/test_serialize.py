@@ -9,7 +9,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kubetune.data.serialize import format_value, serialize_batch, serialize_row
+from kubetune.data.serialize import (
+    format_value,
+    kept_columns,
+    serialize_batch,
+    serialize_row,
+    serialize_split_batch,
+)
 
 
 @pytest.mark.parametrize(
@@ -66,6 +72,49 @@ def test_batch_gives_one_text_per_row():
     batch = {"supplier": ["A", "B", None], "amount": [1.0, None, 3.25]}
     out = serialize_batch(batch, ["supplier", "amount"], ", ", include_column_names=True)
     assert out == {"text": ["supplier: A, amount: 1.00", "supplier: B", "amount: 3.25"]}
+
+
+# ------------------------------------------------------------------------------ column dropout
+COLUMNS = ["supplier", "description", "department", "amount"]
+
+
+def test_column_dropout_zero_keeps_every_column():
+    assert all(kept_columns(COLUMNS, 0.0, seed=42, row=row) == COLUMNS for row in range(100))
+
+
+def test_column_dropout_leaves_values_out_at_its_rate_and_keeps_the_order():
+    kept = [kept_columns(COLUMNS, 0.3, seed=42, row=row) for row in range(4000)]
+    for columns in kept:
+        assert columns and columns == [c for c in COLUMNS if c in columns]  # never empty, order kept
+    for column in COLUMNS:
+        left_out = sum(column not in columns for columns in kept) / len(kept)
+        assert 0.26 < left_out < 0.32  # 0.3, less the rows kept whole because all four were drawn out (0.3**4)
+
+
+def test_column_dropout_is_drawn_from_the_seed_and_the_row_alone():
+    first = [kept_columns(COLUMNS, 0.5, seed=7, row=row) for row in range(200)]
+    assert first == [kept_columns(COLUMNS, 0.5, seed=7, row=row) for row in range(200)]
+    assert first != [kept_columns(COLUMNS, 0.5, seed=8, row=row) for row in range(200)]
+
+
+def test_a_row_whose_values_would_all_go_stays_whole():
+    rows = range(2000)
+    whole = [row for row in rows if kept_columns(COLUMNS, 0.9, seed=1, row=row) == COLUMNS]
+    # All kept by the draw (0.1**4) or all drawn out (0.9**4 = 66 %): both give the whole row.
+    assert 0.6 < len(whole) / len(rows) < 0.72
+
+
+def test_split_batch_serializes_the_kept_columns_of_each_row():
+    batch = {"supplier": ["A", "B", "C"], "amount": [1.0, 2.0, 3.0]}
+    indices = [10, 11, 12]
+    out = serialize_split_batch(batch, indices, ["supplier", "amount"], ", ", False, None, column_dropout=0.5, seed=3)
+    expected = []
+    for i, row in enumerate(indices):
+        parts = {"supplier": batch["supplier"][i], "amount": f"{batch['amount'][i]:.2f}"}
+        expected.append(", ".join(parts[c] for c in kept_columns(["supplier", "amount"], 0.5, 3, row)))
+    assert out == {"text": expected}
+    assert serialize_split_batch(batch, indices, ["supplier", "amount"], ", ", False, None, 0.0, 3) == \
+        serialize_batch(batch, ["supplier", "amount"], ", ", False)
 
 
 @pytest.mark.parametrize(

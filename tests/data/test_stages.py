@@ -103,6 +103,27 @@ def test_serialize_options_reach_the_texts(tmp_path: Path):
     assert row["text"] == f"{source['supplier']}, {format_value(source['amount'], 2)}"
 
 
+def test_column_dropout_shortens_training_texts_only(tmp_path: Path):
+    def texts(dropout: float, name: str) -> dict[str, dict[str, str]]:
+        config = make_config(data={"uri": "demo://ledger?rows=400&seed=1"},
+                             serialize={"text_columns": ["supplier", "description", "department"],
+                                        "include_column_names": True, "column_dropout": dropout,
+                                        "retain_columns": ["line_id"]})
+        preprocess(config, str(tmp_path / name))
+        loaded = datasets.load_from_disk(str(tmp_path / name))
+        return {split: dict(zip(loaded[split]["line_id"], loaded[split]["text"], strict=True)) for split in loaded}
+
+    whole, dropped, again = texts(0.0, "whole"), texts(0.4, "dropped"), texts(0.4, "again")
+    assert dropped == again  # the same texts on every run
+    assert dropped["validation"] == whole["validation"] and dropped["test"] == whole["test"]
+    assert dropped["train"].keys() == whole["train"].keys()  # the same rows, the split untouched
+    shortened = [line for line, text in dropped["train"].items() if text != whole["train"][line]]
+    assert 0.5 * len(whole["train"]) < len(shortened) < 0.9 * len(whole["train"])  # 1 - 0.6**3 - 0.4**3 = 72 %
+    for line in shortened:
+        parts = dropped["train"][line].split(", ")
+        assert parts and set(parts) < set(whole["train"][line].split(", "))
+
+
 # --------------------------------------------------------------------------------- column checks
 @pytest.mark.parametrize(
     ("sections", "key"),

@@ -63,6 +63,7 @@ def test_resolved_sft_config_validates_back_to_itself():
     (with_sft(tokenize={"max_length": 64}), r"tokenize.max_length applies to task: classification only"),
     (with_sft(loss={"class_weights": {"enable": True}}), r"loss.class_weights.enable applies"),
     (with_sft(loss={"label_smoothing": 0.1}), r"loss.label_smoothing applies to task: classification only"),
+    (with_sft(serialize={"column_dropout": 0.2}), r"serialize.column_dropout applies to task: classification only"),
     (with_sft(lora={"task_type": "SEQ_CLS"}), r"lora.task_type: SEQ_CLS is for classifiers"),
     (with_sft(training={"metric_for_best_model": "macro_f1"}), r"training.metric_for_best_model: task: sft is scored by loss"),
     (with_sft(evaluate={"baseline": "tfidf"}), r"evaluate.baseline"),

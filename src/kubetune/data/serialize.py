@@ -24,6 +24,11 @@ With `serialize.significant_digits: N`, int and float values are first rounded t
 (half to even) and written without trailing zeros after the point: with 2, `1125.37` → `1100`,
 `54.09` → `54`, `0.1234` → `0.12`, `-7.25` → `-7.2`, `0` → `0`. A ledger amount's magnitude tells its
 account; its pennies do not, and each distinct number is one more word a model has to learn.
+
+With `serialize.column_dropout: p`, each value of a training row is left out of its text with probability
+p (as if missing), drawn once from `split.seed` and the row's position in the split, so a rerun writes the
+same texts whatever `num_proc` is. A row whose values would all be left out stays whole. Validation and
+test rows are never touched: they are what the model meets in use.
 """
 
 from __future__ import annotations
@@ -103,6 +108,15 @@ def serialize_row(values: Mapping[str, Any], columns: Sequence[str], separator: 
     return separator.join(parts)
 
 
+def kept_columns(columns: Sequence[str], dropout: float, seed: int, row: int) -> list[str]:
+    """The columns of row number `row` that stay in its text under column dropout `dropout` (all when none would)."""
+    if dropout <= 0:
+        return list(columns)
+    draws = np.random.default_rng([seed, row]).random(len(columns))
+    kept = [column for column, draw in zip(columns, draws, strict=True) if draw >= dropout]
+    return kept or list(columns)
+
+
 def serialize_batch(
     batch: Mapping[str, list], columns: Sequence[str], separator: str, include_column_names: bool,
     significant_digits: int | None = None,
@@ -115,3 +129,16 @@ def serialize_batch(
             for i in range(rows)
         ]
     }
+
+
+def serialize_split_batch(
+    batch: Mapping[str, list], indices: Sequence[int], columns: Sequence[str], separator: str,
+    include_column_names: bool, significant_digits: int | None, column_dropout: float, seed: int,
+) -> dict[str, list[str]]:
+    """datasets.map function (batched, with_indices) of the preprocess step: serialize_batch, with each row's
+    values left out under `column_dropout` (see kept_columns)."""
+    texts = []
+    for i, row in enumerate(indices):
+        kept = kept_columns(columns, column_dropout, seed, row)
+        texts.append(serialize_row({c: batch[c][i] for c in kept}, kept, separator, include_column_names, significant_digits))
+    return {"text": texts}

@@ -35,7 +35,7 @@ from kubetune.data.labelize import (
 )
 from kubetune.data.labels import LABEL_MAP_FILE, LabelMap
 from kubetune.data.load import check_columns, check_exists, load_table
-from kubetune.data.serialize import serialize_batch
+from kubetune.data.serialize import serialize_split_batch
 from kubetune.data.split import SPLITS, TEST, TRAIN, VALIDATION, split_rows
 from kubetune.data.tokenization import (
     decoded_samples,
@@ -344,10 +344,12 @@ def _labelize_and_serialize(
             remove_columns=["__label__"],
         )
         split = split.map(
-            serialize_batch, batched=True,
+            serialize_split_batch, batched=True, with_indices=True,
             fn_kwargs={"columns": text_columns, "separator": config.serialize.separator,
                        "include_column_names": config.serialize.include_column_names,
-                       "significant_digits": config.serialize.significant_digits},
+                       "significant_digits": config.serialize.significant_digits,
+                       "column_dropout": config.serialize.column_dropout if name == TRAIN else 0.0,
+                       "seed": config.split.seed},
             num_proc=_procs(config.serialize.num_proc, len(split)), desc=f"serialize {name}",
             remove_columns=[c for c in split.column_names if c not in retain and c not in raw and c != "labels"],
         )
