@@ -12,13 +12,16 @@ the bench work dir, with the local MLflow store `kubetune run` makes there:
 
 A finished run is recorded with `--from-run RUNS_DIR/RUN_ID` instead of being run again (its test split
 has been read once; it is not read again). Settings tried while searching are scored on validation only
-and recorded with `search-record`, from a finished `kubetune train` output:
+and recorded with `search-record`, from a finished `kubetune train` output, beside the baseline on the same
+validation rows (`search-baseline`, from the `kubetune tokenize` output it trained on):
 
     python -m bench.quality --datasets demo demo-by-supplier banking77 hwu64 council
     python -m bench.quality --datasets banking77 --systems kubetune
     python -m bench.quality --from-run runs/<run id> --dataset demo --system kubetune --command "kubetune run"
     python -m bench.quality search-record --output /tmp/train-out --dataset demo --setting "r=32, all-linear" \\
         --command "kubetune train --config configs/demo.yaml lora.r=32 ..."
+    python -m bench.quality search-baseline --data /tmp/tokenized --dataset demo --setting "values only" \\
+        --command "kubetune preprocess ...; kubetune tokenize ..."
 """
 
 from __future__ import annotations
@@ -185,14 +188,58 @@ def search_record(argv: Sequence[str]) -> int:
     return 0
 
 
+def search_baseline_row(data: Path, dataset: str, setting: str, command: str) -> dict[str, Any]:
+    """The baseline of a setting tried: fitted on the train split of a tokenized data set (`kubetune tokenize`
+    output) as the evaluate step fits it (shipped defaults), scored on its validation split only."""
+    import datasets
+    import numpy as np
+
+    from kubetune.config import EvaluateConfig
+    from kubetune.data.labels import LabelMap
+    from kubetune.evaluation import serialized_texts
+    from kubetune.evaluation.baseline import baseline_metrics, fit_baseline
+
+    try:
+        splits = datasets.load_from_disk(str(data))
+    except FileNotFoundError as missing:
+        raise SystemExit(f"{data}: not a tokenized data set ({missing})") from None
+    if "validation" not in splits or "train" not in splits or "text" not in splits["train"].column_names:
+        raise SystemExit(f"{data}: not a tokenized data set with train and validation splits and their text")
+    train, validation, defaults = splits["train"], splits["validation"], EvaluateConfig()
+    baseline = fit_baseline(serialized_texts(train, None), np.asarray(train["labels"]), LabelMap.load(data).num_real_labels,
+                            max_features=defaults.baseline_max_features, max_rows=defaults.baseline_max_train_rows)
+    metrics = baseline_metrics(baseline, serialized_texts(validation, None), validation["labels"])
+    return {"dataset": dataset, "setting": setting, "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"],
+            "weighted_f1": metrics["weighted_f1"], "train_seconds": None, "epochs": None, "run_command": command,
+            "source": str(data)}
+
+
+def search_baseline(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.quality search-baseline",
+                                     description="Record the TF-IDF baseline on a tokenized data set's validation split "
+                                     "(the yardstick of the settings tried on it) in quality_search.csv.")
+    parser.add_argument("--data", type=Path, required=True, help="A `kubetune tokenize` output directory.")
+    parser.add_argument("--dataset", required=True, help="The data set it holds (e.g. demo, council).")
+    parser.add_argument("--setting", required=True, help="Its text, in words (e.g. 'values only, column dropout 0.2').")
+    parser.add_argument("--command", required=True, help="The commands that made the data.")
+    args = parser.parse_args(argv)
+    row = search_baseline_row(args.data, args.dataset, f"{BASELINE} (validation): {args.setting}", args.command)
+    append_rows("quality_search", run_info(), [row])
+    print(f"  {row['dataset']} {row['setting']}: validation accuracy {row['accuracy']}, macro F1 {row['macro_f1']}", flush=True)
+    return 0
+
+
 # ----------------------------------------------------------------------------------------- main
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["search-record"]:
         return search_record(argv[1:])
+    if argv[:1] == ["search-baseline"]:
+        return search_baseline(argv[1:])
     parser = argparse.ArgumentParser(
         description="Quality: kubetune's default vs the TF-IDF baseline vs a full fine-tune.",
-        epilog="`python -m bench.quality search-record --help`: record a setting tried during the search (validation).")
+        epilog="`python -m bench.quality search-record --help`: record a setting tried during the search (validation); "
+               "`search-baseline --help`: the baseline on the same validation split.")
     parser.add_argument("--datasets", nargs="+", choices=DATASET_NAMES,
                         default=(os.environ.get("BENCH_QUALITY_DATASETS") or " ".join(DATASET_NAMES)).split(),
                         help="Data sets to measure (BENCH_QUALITY_DATASETS).")

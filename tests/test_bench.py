@@ -294,6 +294,30 @@ def test_search_record_appends_the_validation_figures_of_a_train_output(tmp_path
             "`kubetune train --config configs/demo.yaml lora.r=32` |") in page.splitlines()
 
 
+def test_search_baseline_records_the_baseline_on_the_validation_split_alone(toy_preprocessed, results_dir: Path):
+    import datasets
+    import numpy as np
+
+    from kubetune.data.labels import LabelMap
+    from kubetune.evaluation.baseline import baseline_metrics, fit_baseline
+
+    data, _ = toy_preprocessed
+    assert quality_main(["search-baseline", "--data", str(data), "--dataset", "toy", "--setting", "values only",
+                         "--command", "kubetune preprocess ..."]) == 0
+    splits = datasets.load_from_disk(str(data))
+    fitted = fit_baseline(splits["train"]["text"], np.asarray(splits["train"]["labels"]), LabelMap.load(data).num_real_labels)
+    expected = baseline_metrics(fitted, splits["validation"]["text"], splits["validation"]["labels"])
+    assert expected != baseline_metrics(fitted, splits["test"]["text"], splits["test"]["labels"])  # the split matters
+    with (results_dir / "quality_search.csv").open(newline="") as handle:
+        [row] = list(csv.DictReader(handle))
+    assert (row["dataset"], row["setting"], row["run_command"], row["source"]) == \
+        ("toy", "baseline (validation): values only", "kubetune preprocess ...", str(data))
+    assert [float(row[k]) for k in ("accuracy", "macro_f1", "weighted_f1")] == \
+        [pytest.approx(expected[k]) for k in ("accuracy", "macro_f1", "weighted_f1")]
+    with pytest.raises(SystemExit, match="not a tokenized data set"):
+        quality_main(["search-baseline", "--data", str(data.parent), "--dataset", "toy", "--setting", "x", "--command", "y"])
+
+
 def _finished_run(run_dir: Path, accuracy: float, baseline: float | None = 0.8) -> Path:
     """What `kubetune run` leaves: summary.json naming its evaluation and model folders."""
     evaluation, model = run_dir.parent / "kfp" / "evaluate" / "evaluation", run_dir / "train" / "model"

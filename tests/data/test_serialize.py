@@ -112,7 +112,8 @@ def test_split_batch_serializes_the_kept_columns_of_each_row():
     for i, row in enumerate(indices):
         parts = {"supplier": batch["supplier"][i], "amount": f"{batch['amount'][i]:.2f}"}
         expected.append(", ".join(parts[c] for c in kept_columns(["supplier", "amount"], 0.5, 3, row)))
-    assert out == {"text": expected}
+    assert out == {"text": expected, "whole_text": ["A, 1.00", "B, 2.00", "C, 3.00"]}
+    assert out["text"] != out["whole_text"]  # seed 3 leaves something out of these rows
     assert serialize_split_batch(batch, indices, ["supplier", "amount"], ", ", False, None, 0.0, 3) == \
         serialize_batch(batch, ["supplier", "amount"], ", ", False)
 

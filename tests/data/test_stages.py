@@ -12,7 +12,7 @@ import pytest
 
 import kubetune
 from kubetune.data import stages
-from kubetune.data.serialize import format_value
+from kubetune.data.serialize import WHOLE_TEXT, format_value
 from kubetune.data.stages import preprocess, tokenize
 from kubetune.errors import ConfigError, DataError, KubetuneError
 
@@ -103,9 +103,9 @@ def test_serialize_options_reach_the_texts(tmp_path: Path):
     assert row["text"] == f"{source['supplier']}, {format_value(source['amount'], 2)}"
 
 
-def test_column_dropout_shortens_training_texts_only(tmp_path: Path):
+def test_column_dropout_shortens_training_texts_only(tmp_path: Path, tiny_bert: Path):
     def texts(dropout: float, name: str) -> dict[str, dict[str, str]]:
-        config = make_config(data={"uri": "demo://ledger?rows=400&seed=1"},
+        config = make_config(tiny_bert, data={"uri": "demo://ledger?rows=400&seed=1"},
                              serialize={"text_columns": ["supplier", "description", "department"],
                                         "include_column_names": True, "column_dropout": dropout,
                                         "retain_columns": ["line_id"]})
@@ -115,6 +115,15 @@ def test_column_dropout_shortens_training_texts_only(tmp_path: Path):
 
     whole, dropped, again = texts(0.0, "whole"), texts(0.4, "dropped"), texts(0.4, "again")
     assert dropped == again  # the same texts on every run
+    loaded = datasets.load_from_disk(str(tmp_path / "dropped"))
+    # The whole training texts stay beside, for the baseline; validation and test rows need none.
+    assert dict(zip(loaded["train"]["line_id"], loaded["train"][WHOLE_TEXT], strict=True)) == whole["train"]
+    assert WHOLE_TEXT not in loaded["validation"].column_names and WHOLE_TEXT not in loaded["test"].column_names
+    assert WHOLE_TEXT not in datasets.load_from_disk(str(tmp_path / "whole"))["train"].column_names
+    config = make_config(tiny_bert, serialize={"column_dropout": 0.4, "retain_columns": ["line_id"]})
+    tokenize(config, str(tmp_path / "dropped"), str(tmp_path / "tokenized"))
+    tokenized = datasets.load_from_disk(str(tmp_path / "tokenized"))["train"]
+    assert tokenized["text"] == loaded["train"]["text"] and tokenized[WHOLE_TEXT] == loaded["train"][WHOLE_TEXT]
     assert dropped["validation"] == whole["validation"] and dropped["test"] == whole["test"]
     assert dropped["train"].keys() == whole["train"].keys()  # the same rows, the split untouched
     shortened = [line for line, text in dropped["train"].items() if text != whole["train"][line]]

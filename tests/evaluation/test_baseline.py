@@ -157,6 +157,28 @@ def test_evaluate_writes_the_baseline_beside_the_model(trained, tmp_path: Path):
     assert "text" not in __import__("pandas").read_parquet(out / "predictions.parquet").columns
 
 
+def test_the_baseline_fits_on_whole_rows_when_column_dropout_shortened_the_training_texts(trained, tmp_path: Path):
+    import datasets
+
+    from kubetune.data.serialize import WHOLE_TEXT
+
+    data, model = trained
+    splits = datasets.load_from_disk(str(data))
+    train = splits["train"]
+    # What the model trained on says nothing here; the whole rows (whole_text) say everything.
+    shortened = train.remove_columns("text").add_column("text", ["invoice"] * len(train)).add_column(WHOLE_TEXT, train["text"])
+    copy = tmp_path / "tokenized"
+    datasets.DatasetDict({**splits, "train": shortened}).save_to_disk(str(copy))
+    for name in ("label_map.json", "dataset_metadata.json"):
+        if (data / name).is_file():
+            (copy / name).write_bytes((data / name).read_bytes())
+    result = run_evaluate((copy, model), tmp_path / "eval", "tfidf")
+    direct = fit_baseline(train["text"], train["labels"], num_classes=4)
+    assert result.baseline_metrics == baseline_metrics(direct, splits["test"]["text"], splits["test"]["labels"])
+    assert result.baseline_metrics["accuracy"] == 1.0
+    assert WHOLE_TEXT not in __import__("pandas").read_parquet(tmp_path / "eval" / "predictions.parquet").columns
+
+
 def test_no_baseline_anywhere_with_evaluate_baseline_none(trained, tmp_path: Path):
     result = run_evaluate(trained, tmp_path / "eval", "none")
 

@@ -28,7 +28,8 @@ account; its pennies do not, and each distinct number is one more word a model h
 With `serialize.column_dropout: p`, each value of a training row is left out of its text with probability
 p (as if missing), drawn once from `split.seed` and the row's position in the split, so a rerun writes the
 same texts whatever `num_proc` is. A row whose values would all be left out stays whole. Validation and
-test rows are never touched: they are what the model meets in use.
+test rows are never touched: they are what the model meets in use. The training rows' whole texts are kept
+beside (`whole_text`) for the TF-IDF baseline, which fits on them: the yardstick is not weakened.
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
+WHOLE_TEXT = "whole_text"  # a training row's text with every value, beside `text` when column dropout shortened it
 
 
 def format_value(value: Any, significant_digits: int | None = None) -> str | None:
@@ -136,9 +139,13 @@ def serialize_split_batch(
     include_column_names: bool, significant_digits: int | None, column_dropout: float, seed: int,
 ) -> dict[str, list[str]]:
     """datasets.map function (batched, with_indices) of the preprocess step: serialize_batch, with each row's
-    values left out under `column_dropout` (see kept_columns)."""
+    values left out under `column_dropout` (see kept_columns). With a dropout, the whole texts come too, as
+    `whole_text`: what the baseline fits on (a yardstick weakened by the model's regulariser is no yardstick)."""
+    whole = serialize_batch(batch, columns, separator, include_column_names, significant_digits)
+    if column_dropout <= 0:
+        return whole
     texts = []
     for i, row in enumerate(indices):
         kept = kept_columns(columns, column_dropout, seed, row)
         texts.append(serialize_row({c: batch[c][i] for c in kept}, kept, separator, include_column_names, significant_digits))
-    return {"text": texts}
+    return {"text": texts, WHOLE_TEXT: whole["text"]}

@@ -35,7 +35,7 @@ from kubetune.data.labelize import (
 )
 from kubetune.data.labels import LABEL_MAP_FILE, LabelMap
 from kubetune.data.load import check_columns, check_exists, load_table
-from kubetune.data.serialize import serialize_split_batch
+from kubetune.data.serialize import WHOLE_TEXT, serialize_split_batch
 from kubetune.data.split import SPLITS, TEST, TRAIN, VALIDATION, split_rows
 from kubetune.data.tokenization import (
     decoded_samples,
@@ -67,7 +67,7 @@ TOKENIZED_LAYOUT = 3
 # that a model trained on other columns or serialized otherwise (the champion) can be scored on the same rows.
 RAW_PREFIX = "raw."
 # Output columns the stages make; a retained column of the same name would be overwritten.
-RESERVED_COLUMNS = ("text", "labels", "input_ids", "attention_mask", "token_type_ids", "length")
+RESERVED_COLUMNS = ("text", WHOLE_TEXT, "labels", "input_ids", "attention_mask", "token_type_ids", "length")
 # Files of a preprocess output that don't decide its content: datasets' random fingerprints, the
 # metadata (its created_at changes on every run) and the marker.
 _NOT_CONTENT = frozenset({"state.json", cache.METADATA_FILE, storage.COMPLETE_MARKER})
@@ -353,7 +353,8 @@ def _labelize_and_serialize(
             num_proc=_procs(config.serialize.num_proc, len(split)), desc=f"serialize {name}",
             remove_columns=[c for c in split.column_names if c not in retain and c not in raw and c != "labels"],
         )
-        split = split.select_columns(["text", "labels", *retain, *raw])
+        split = split.select_columns(["text", *([WHOLE_TEXT] if WHOLE_TEXT in split.column_names else []), "labels",
+                                      *retain, *raw])
         if split.features["labels"] != datasets.Value("int64"):
             split = split.cast_column("labels", datasets.Value("int64"))
         empty = sum(1 for text in split["text"] if not text)
@@ -496,8 +497,9 @@ def _tokenize_into(config: RunConfig, tokenizer, tokenizer_hash: str, input_uri:
 
     diagnostics = _diagnostics(config, encoded, tokenizer, label_map)
     columns = [c for c in ("input_ids", "token_type_ids", "attention_mask") if c in encoded[TRAIN].column_names]
-    # The serialized text stays: the evaluate step fits its baseline on exactly what the model reads. So do the
-    # retained columns, and the test split's raw columns.
+    # The serialized text stays: the evaluate step fits its baseline on the rows the model reads (whole_text, when
+    # column dropout shortened them, passes through as a retained column). So do the retained columns, and the
+    # test split's raw columns.
     def kept_columns(split: datasets.Dataset) -> list[str]:
         retained = [c for c in split.column_names if c not in {*columns, "labels", "length", "full_length", "text"}]
         return [*columns, "labels", "length", "text", *retained]

@@ -24,6 +24,7 @@ import numpy as np
 
 from kubetune import storage
 from kubetune.config import RunConfig
+from kubetune.data.serialize import WHOLE_TEXT
 from kubetune.data.stages import RAW_PREFIX
 from kubetune.errors import DataError
 from kubetune.evaluation.baseline import BASELINE_METRICS_FILE
@@ -166,11 +167,15 @@ def evaluate(
 
 
 def serialized_texts(split, tokenizer) -> list[str]:
-    """The serialized text of each row, as the model read it before tokenization.
+    """The serialized text of each row, whole: as the model reads it in use, before tokenization.
 
-    The tokenize stage keeps it in a `text` column; data tokenized before it did is decoded from the
-    token ids instead, which loses what the tokenizer drops (case, for uncased models; the cut end).
+    The tokenize stage keeps it in a `text` column, and a training row that `serialize.column_dropout`
+    shortened in `whole_text` too (the baseline fits on the whole rows); data tokenized before it did is
+    decoded from the token ids instead, which loses what the tokenizer drops (case, for uncased models; the
+    cut end).
     """
+    if WHOLE_TEXT in split.column_names:
+        return list(split[WHOLE_TEXT])
     if "text" in split.column_names:
         return list(split["text"])
     logger.warning("the tokenized data has no text column (tokenized by an older kubetune): the baseline reads "
@@ -226,7 +231,7 @@ def _write_predictions(path: Path, rows, labels, predictions, logits, label_map)
     shifted = np.exp(real - real.max(axis=1, keepdims=True))
     confidence = (shifted.max(axis=1) / shifted.sum(axis=1)) if len(real) else np.zeros(0)
     names = label_map.labels
-    retained = [c for c in rows.column_names if c not in (*MODEL_INPUTS, "labels", "length", "text")
+    retained = [c for c in rows.column_names if c not in (*MODEL_INPUTS, "labels", "length", "text", WHOLE_TEXT)
                 and not c.startswith(RAW_PREFIX)]
     frame = pd.DataFrame({c: rows[c] for c in retained})
     frame["label"] = [names[i] for i in labels]
