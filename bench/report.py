@@ -216,6 +216,15 @@ def quality_section(rows: Sequence[Mapping[str, str]], search: Sequence[Mapping[
                      f"{_seconds(full['wall_seconds'])} s wall): {lora_vs_full(lora, full)[2]}.")
     else:
         lines.append("Banking77, LoRA default vs a full fine-tune of the same model: not measured.")
+    newest = {id(row) for row in latest.values()}
+    earlier = sorted((r for r in rows if id(r) not in newest), key=lambda r: (r["dataset"], r["date"], r["system"]))
+    if earlier:
+        lines += ["", "### Earlier test runs (superseded by a newer recipe; each read its test split once)", ""]
+        lines += _table(["data set", "date", "commit", "system", "accuracy", "macro F1", "weighted F1", "wall s", "epochs",
+                         "command"],
+                        [[r["dataset"], r["date"], r["git_commit"] or "-", SYSTEM_NAMES.get(r["system"], r["system"]),
+                          _metric(r["accuracy"]), _metric(r["macro_f1"]), _metric(r["weighted_f1"]),
+                          _seconds(r["wall_seconds"]), r["epochs"] or "-", f"`{r['run_command']}`"] for r in earlier])
     lines += ["", "### Settings tried (validation splits)", ""]
     if not search:
         lines.append("None recorded yet (`python -m bench.quality search-record`, rows in bench/results/quality_search.csv).")

@@ -246,6 +246,14 @@ def test_quality_table_marks_each_goal_met_or_missed_by_its_margin(tmp_path: Pat
     assert ("| Banking77: LoRA default within 1 point of a full fine-tune's accuracy (test) | LoRA 92.5 % vs full 93.0 % "
             "(−0.5 pts) | met |") in lines
     assert "None recorded yet (`python -m bench.quality search-record`, rows in bench/results/quality_search.csv)." in lines
+    # The older session's runs stay on the page, below, losses included.
+    earlier = lines[lines.index("### Earlier test runs (superseded by a newer recipe; each read its test split once)"):]
+    assert earlier[4:6] == [
+        "| demo | 2026-01-01T00:00:00+00:00 | abc1234 | TF-IDF (word 1-2 grams) + linear SVM | 87.0 % | 76.0 % | 87.0 % | - | - | "
+        "`kubetune run --config configs/demo.yaml` |",
+        "| demo | 2026-01-01T00:00:00+00:00 | abc1234 | kubetune default (MiniLM + LoRA) | 50.0 % | 40.0 % | 50.0 % | 100 | 4 | "
+        "`kubetune run --config configs/demo.yaml` |"]
+    assert earlier[6] == ""  # the newest rows are not repeated there
 
 
 def test_quality_with_no_rows_says_not_measured_everywhere(tmp_path: Path):
