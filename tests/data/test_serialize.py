@@ -118,6 +118,15 @@ def test_split_batch_serializes_the_kept_columns_of_each_row():
         serialize_batch(batch, ["supplier", "amount"], ", ", False)
 
 
+def test_split_batch_keeps_a_row_whole_when_its_kept_columns_have_no_value():
+    columns = ["supplier", "amount"]
+    # Rows whose draw keeps the supplier alone: with no supplier, that would leave an empty text.
+    rows = [row for row in range(200) if kept_columns(columns, 0.5, seed=3, row=row) == ["supplier"]][:3]
+    batch = {"supplier": [None, "", "B"], "amount": [1.0, 2.0, 3.0]}
+    out = serialize_split_batch(batch, rows, columns, ", ", False, None, column_dropout=0.5, seed=3)
+    assert out == {"text": ["1.00", "2.00", "B"], "whole_text": ["1.00", "2.00", "B, 3.00"]}
+
+
 @pytest.mark.parametrize(
     ("value", "text"),
     [

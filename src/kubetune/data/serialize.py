@@ -27,9 +27,10 @@ account; its pennies do not, and each distinct number is one more word a model h
 
 With `serialize.column_dropout: p`, each value of a training row is left out of its text with probability
 p (as if missing), drawn once from `split.seed` and the row's position in the split, so a rerun writes the
-same texts whatever `num_proc` is. A row whose values would all be left out stays whole. Validation and
-test rows are never touched: they are what the model meets in use. The training rows' whole texts are kept
-beside (`whole_text`) for the TF-IDF baseline, which fits on them: the yardstick is not weakened.
+same texts whatever `num_proc` is. A row whose values would all be left out (drawn out or missing) stays
+whole. Validation and test rows are never touched: they are what the model meets in use. The training
+rows' whole texts are kept beside (`whole_text`) for the TF-IDF baseline, which fits on them: the
+yardstick is not weakened.
 """
 
 from __future__ import annotations
@@ -103,12 +104,20 @@ def round_significant(value: Any, digits: int) -> str | None:
 
 def serialize_row(values: Mapping[str, Any], columns: Sequence[str], separator: str, include_column_names: bool,
                   significant_digits: int | None = None) -> str:
-    parts = []
-    for column in columns:
-        text = format_value(values[column], significant_digits)
-        if text is not None:
-            parts.append(f"{column}: {text}" if include_column_names else text)
-    return separator.join(parts)
+    return join_parts(format_parts(values, columns, significant_digits), columns, separator, include_column_names)
+
+
+def format_parts(values: Mapping[str, Any], columns: Sequence[str], significant_digits: int | None) -> dict[str, str]:
+    """The text of each of `columns` that has a value (missing ones are absent)."""
+    texts = {column: format_value(values[column], significant_digits) for column in columns}
+    return {column: text for column, text in texts.items() if text is not None}
+
+
+def join_parts(parts: Mapping[str, str], columns: Sequence[str], separator: str, include_column_names: bool) -> str:
+    """The row's text: the parts of `columns` present in `parts`, in the order of `columns`."""
+    return separator.join(
+        f"{column}: {parts[column]}" if include_column_names else parts[column] for column in columns if column in parts
+    )
 
 
 def kept_columns(columns: Sequence[str], dropout: float, seed: int, row: int) -> list[str]:
@@ -141,11 +150,14 @@ def serialize_split_batch(
     """datasets.map function (batched, with_indices) of the preprocess step: serialize_batch, with each row's
     values left out under `column_dropout` (see kept_columns). With a dropout, the whole texts come too, as
     `whole_text`: what the baseline fits on (a yardstick weakened by the model's regulariser is no yardstick)."""
-    whole = serialize_batch(batch, columns, separator, include_column_names, significant_digits)
     if column_dropout <= 0:
-        return whole
-    texts = []
+        return serialize_batch(batch, columns, separator, include_column_names, significant_digits)
+    texts, whole_texts = [], []
     for i, row in enumerate(indices):
+        parts = format_parts({c: batch[c][i] for c in columns}, columns, significant_digits)
+        whole = join_parts(parts, columns, separator, include_column_names)
         kept = kept_columns(columns, column_dropout, seed, row)
-        texts.append(serialize_row({c: batch[c][i] for c in kept}, kept, separator, include_column_names, significant_digits))
-    return {"text": texts, WHOLE_TEXT: whole["text"]}
+        # Kept columns can all be missing values in this row: then it stays whole too, never empty.
+        texts.append(join_parts(parts, kept, separator, include_column_names) or whole)
+        whole_texts.append(whole)
+    return {"text": texts, WHOLE_TEXT: whole_texts}
