@@ -207,8 +207,8 @@ def _quality_row(dataset: str, system: str, accuracy: float, macro_f1: float, wa
             "run_command": f"kubetune run --config configs/{dataset}.yaml", "source": "here"}
 
 
-def _info(date: str) -> bench.common.RunInfo:
-    return bench.common.RunInfo(session=date, date=date, git_commit="abc1234", machine="m", command="bench")
+def _info(date: str, machine: str = "m") -> bench.common.RunInfo:
+    return bench.common.RunInfo(session=date, date=date, git_commit="abc1234", machine=machine, command="bench")
 
 
 def test_quality_table_marks_each_goal_met_or_missed_by_its_margin(tmp_path: Path):
@@ -221,6 +221,11 @@ def test_quality_table_marks_each_goal_met_or_missed_by_its_margin(tmp_path: Pat
         _quality_row("banking77", "kubetune", 0.925, 0.92), _quality_row("banking77", "baseline", 0.894, 0.89, wall=None),
         _quality_row("banking77", "full-fine-tune", 0.930, 0.93, wall=160.0),
     ])
+    # HWU64's two systems on two machines: their wall times cannot be set side by side.
+    bench.common.append_rows("quality", _info("2026-02-02T00:00:00+00:00", "Intel Xeon, 2 cores"), [
+        _quality_row("hwu64", "kubetune", 0.90, 0.90, wall=450.0), _quality_row("hwu64", "baseline", 0.85, 0.84, wall=None)])
+    bench.common.append_rows("quality", _info("2026-02-03T00:00:00+00:00", "AMD EPYC, 2 cores"), [
+        _quality_row("hwu64", "full-fine-tune", 0.913, 0.915, wall=600.0)])
     lines = render(why_file=tmp_path / "none.yaml").splitlines()
 
     assert ("| demo | demo rows | kubetune default (MiniLM + LoRA) | 90.0 % | 80.0 % | 90.0 % | 100 | 50 | 4 | "
@@ -228,14 +233,19 @@ def test_quality_table_marks_each_goal_met_or_missed_by_its_margin(tmp_path: Pat
     assert ("| demo | demo rows | TF-IDF (word 1-2 grams) + linear SVM | 87.0 % | 76.0 % | 87.0 % | - | - | - | "
             "`kubetune run --config configs/demo.yaml` |") in lines
     assert "| demo | - | MiniLM full fine-tune | not measured | - | - | - | - | - | - |" in lines
-    assert "| hwu64 | - | kubetune default (MiniLM + LoRA) | not measured | - | - | - | - | - | - |" in lines
+    assert "| hwu64 | - | MiniLM full fine-tune | not measured | - | - | - | - | - | - |" not in lines
     # The goal table: both margins when met; only what falls short of +2 points when missed.
     assert "| demo | met: +3.0 / +4.0 pts |" in lines
     assert "| demo-by-supplier | missed: −1.2 pts accuracy |" in lines
     assert "| banking77 | met: +3.1 / +3.0 pts |" in lines
-    assert "| hwu64 | not measured |" in lines and "| council | not measured |" in lines
+    assert "| hwu64 | met: +5.0 / +6.0 pts |" in lines and "| council | not measured |" in lines
     assert ("Banking77, LoRA default vs a full fine-tune of the same model: 92.5 % vs 93.0 % accuracy (100 s vs 160 s wall): "
             "met: LoRA −0.5 pts vs the full fine-tune.") in lines
+    # Both metrics, wherever both systems ran (only Banking77 here).
+    comparison = lines.index("| data set | LoRA − full | LoRA wall s | full wall s | machine |")
+    assert lines[comparison + 2:comparison + 5] == [
+        "| banking77 | −0.5 / −1.0 pts | 100 | 160 | m |",
+        "| hwu64 | −1.3 / −1.5 pts | 450 | 600 | LoRA Intel Xeon, full AMD EPYC: wall times not comparable |", ""]
     # ... and the same verdicts among the goals at the top of the page.
     assert ("| demo: kubetune's default ≥ 2 points above the TF-IDF baseline in accuracy and in macro F1 (test) | "
             "+3.0 / +4.0 pts | met |") in lines
@@ -260,6 +270,7 @@ def test_quality_with_no_rows_says_not_measured_everywhere(tmp_path: Path):
     page = render(why_file=tmp_path / "none.yaml")
     assert "| banking77 | not measured |" in page
     assert "Banking77, LoRA default vs a full fine-tune of the same model: not measured." in page
+    assert "LoRA − full" not in page
     assert "%" not in page.split("## Quality")[1].split("## The local pipeline")[0]
 
 
