@@ -191,10 +191,8 @@ def lora_vs_full_table(latest: Mapping[tuple[str, str], Mapping[str, str]]) -> l
         accuracy = round(100 * (float(lora["accuracy"]) - float(full["accuracy"])), 6)
         macro_f1 = round(100 * (float(lora["macro_f1"]) - float(full["macro_f1"])), 6)
         # Wall times compare only on one machine; the CPU's name (before the first comma) says which.
-        machines = {row.get("machine", "").split(",")[0] or "?" for row in (lora, full)}
-        machine = machines.pop() if len(machines) == 1 else (
-            f"LoRA {lora.get('machine', '').split(',')[0] or '?'}, full {full.get('machine', '').split(',')[0] or '?'}: "
-            "wall times not comparable")
+        lora_cpu, full_cpu = (row.get("machine", "").split(",")[0] or "?" for row in (lora, full))
+        machine = lora_cpu if lora_cpu == full_cpu else f"LoRA {lora_cpu}, full {full_cpu}: wall times not comparable"
         table.append([dataset, f"{_pts(accuracy)} / {_pts(macro_f1)} pts", _seconds(lora["wall_seconds"]),
                       _seconds(full["wall_seconds"]), machine])
     if not table:
