@@ -265,6 +265,8 @@ def bad_model(model_dir: Path, tmp_path: Path, without: str) -> Path:
         ("missing-column", r"--data .*new\.csv: column 'supplier' missing \(columns found: .*\); the model .* reads supplier"),
         ("no-label-map", r"--model: .*broken/model has no label_map\.json: it is not a model/ folder written by `kubetune train`"),
         ("no-metadata", r"--model: .*broken/model has no model_metadata\.json: it is not a model/ folder"),
+        ("sft-model-without-its-config", r"--model: .*broken/model is a task: sft model and this config has task: "
+                                         r"classification; pass --config with the task: sft config it was trained with"),
         ("no-model", r"--model: .*nowhere not found; give a train output's model/ folder"),
         ("unknown-registered-name", r"--model: models:/nobody@champion: the MLflow registry at sqlite:///.* has no "
                                     r"registered model 'nobody' with alias 'champion'"),
@@ -286,6 +288,11 @@ def test_bad_input_is_one_line_naming_it_exit_2_and_no_output(case: str, message
         model = str(bad_model(model_dir, tmp_path, "label_map.json"))
     elif case == "no-metadata":
         model = str(bad_model(model_dir, tmp_path, "model_metadata.json"))
+    elif case == "sft-model-without-its-config":  # what `task: sft` training writes: no labels, task in the metadata
+        broken = bad_model(model_dir, tmp_path, "label_map.json")
+        metadata = json.loads((broken / "model_metadata.json").read_text())
+        (broken / "model_metadata.json").write_text(json.dumps({**metadata, "task": "sft"}))
+        model = str(broken)
     elif case == "no-model":
         model = str(tmp_path / "nowhere")
     elif case == "unknown-registered-name":

@@ -141,6 +141,15 @@ def check_model_folder(model_dir: Path, reference: str) -> None:
                             "prefix or models:/<name>@<alias>")
     if not model_dir.is_dir():
         raise KubetuneError(f"--model: {reference} is a file; give a train output's model/ folder")
+    metadata_file = model_dir / MODEL_METADATA_FILE
+    if not (model_dir / LABEL_MAP_FILE).is_file() and metadata_file.is_file():
+        try:
+            task = json.loads(metadata_file.read_text()).get("task")
+        except (ValueError, AttributeError):  # unreadable: the generic line below says what is missing
+            task = None
+        if task == "sft":  # a causal LM has no labels: predicting with a classification config is the mistake
+            raise DataError(f"--model: {reference} is a task: sft model and this config has task: classification; "
+                            "pass --config with the task: sft config it was trained with")
     for name in (LABEL_MAP_FILE, MODEL_METADATA_FILE):
         if not (model_dir / name).is_file():
             raise DataError(f"--model: {reference} has no {name}: it is not a model/ folder written by `kubetune train`")
