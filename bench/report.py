@@ -159,11 +159,16 @@ BASELINE_MARGIN = 2.0  # points of accuracy and of macro F1 kubetune's default m
 LORA_VS_FULL = 1.0  # points of accuracy the LoRA default may trail a full fine-tune by (Banking77)
 
 
+def _points_apart(ahead: Mapping[str, str], behind: Mapping[str, str], metric: str) -> float:
+    """How many points `ahead` scores above `behind` on one metric of two quality rows.
+
+    Rounded far below what is shown: 0.30 - 0.28 is 2 points, not 1.9999999."""
+    return round(100 * (float(ahead[metric]) - float(behind[metric])), 6)
+
+
 def baseline_margin(kubetune: Mapping[str, str], baseline: Mapping[str, str]) -> tuple[float, float, bool, str]:
     """(accuracy, macro F1 differences in points, met, the verdict in words) of kubetune over the baseline."""
-    # Rounded far below what is shown: 0.30 - 0.28 is 2 points, not 1.9999999.
-    accuracy = round(100 * (float(kubetune["accuracy"]) - float(baseline["accuracy"])), 6)
-    macro_f1 = round(100 * (float(kubetune["macro_f1"]) - float(baseline["macro_f1"])), 6)
+    accuracy, macro_f1 = (_points_apart(kubetune, baseline, metric) for metric in ("accuracy", "macro_f1"))
     if accuracy >= BASELINE_MARGIN and macro_f1 >= BASELINE_MARGIN:
         return accuracy, macro_f1, True, f"met: {_pts(accuracy)} / {_pts(macro_f1)} pts"
     short = [f"{_pts(value)} pts {name}" for value, name in ((accuracy, "accuracy"), (macro_f1, "macro F1"))
@@ -173,7 +178,7 @@ def baseline_margin(kubetune: Mapping[str, str], baseline: Mapping[str, str]) ->
 
 def lora_vs_full(lora: Mapping[str, str], full: Mapping[str, str]) -> tuple[float, bool, str]:
     """(how many points of accuracy LoRA trails the full fine-tune by, met, the verdict in words)."""
-    gap = round(100 * (float(full["accuracy"]) - float(lora["accuracy"])), 6)
+    gap = _points_apart(full, lora, "accuracy")
     if gap <= LORA_VS_FULL:
         return gap, True, f"met: LoRA {_pts(-gap)} pts vs the full fine-tune"
     return gap, False, f"missed: LoRA {_pts(-gap)} pts vs the full fine-tune ({gap - LORA_VS_FULL:.1f} more than the {LORA_VS_FULL:g} allowed)"
@@ -188,8 +193,7 @@ def lora_vs_full_table(latest: Mapping[tuple[str, str], Mapping[str, str]]) -> l
         lora, full = latest.get((dataset, KUBETUNE)), latest.get((dataset, FULL))
         if not (lora and full):
             continue
-        accuracy = round(100 * (float(lora["accuracy"]) - float(full["accuracy"])), 6)
-        macro_f1 = round(100 * (float(lora["macro_f1"]) - float(full["macro_f1"])), 6)
+        accuracy, macro_f1 = (_points_apart(lora, full, metric) for metric in ("accuracy", "macro_f1"))
         # Wall times compare only on one machine; the CPU's name (before the first comma) says which.
         lora_cpu, full_cpu = (row.get("machine", "").split(",")[0] or "?" for row in (lora, full))
         machine = lora_cpu if lora_cpu == full_cpu else f"LoRA {lora_cpu}, full {full_cpu}: wall times not comparable"

@@ -241,7 +241,7 @@ def test_quality_table_marks_each_goal_met_or_missed_by_its_margin(tmp_path: Pat
     assert "| hwu64 | met: +5.0 / +6.0 pts |" in lines and "| council | not measured |" in lines
     assert ("Banking77, LoRA default vs a full fine-tune of the same model: 92.5 % vs 93.0 % accuracy (100 s vs 160 s wall): "
             "met: LoRA −0.5 pts vs the full fine-tune.") in lines
-    # Both metrics, wherever both systems ran (only Banking77 here).
+    # Both metrics, wherever both systems ran (Banking77 and HWU64 here; not the demo, whose full fine-tune is missing).
     comparison = lines.index("| data set | LoRA − full | LoRA wall s | full wall s | machine |")
     assert lines[comparison + 2:comparison + 5] == [
         "| banking77 | −0.5 / −1.0 pts | 100 | 160 | m |",

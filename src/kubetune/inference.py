@@ -134,6 +134,18 @@ def read_inference_spec(model_dir: Path, reference: str, parent_config: str | No
     return spec
 
 
+def check_model_task(model_dir: Path, reference: str, task: str) -> None:
+    """A model of the other task than the config's is one line naming both (model_metadata.json's `task`,
+    classification when absent); a folder without readable metadata is left to the caller's own checks."""
+    try:
+        found = json.loads((model_dir / MODEL_METADATA_FILE).read_text()).get("task") or "classification"
+    except (OSError, ValueError, AttributeError):
+        return
+    if found != task:
+        raise DataError(f"--model: {reference} is a task: {found} model and this config has task: {task}; "
+                        f"pass --config with the task: {found} config it was trained with")
+
+
 def check_model_folder(model_dir: Path, reference: str) -> None:
     """A kubetune model/ folder: one line naming what is missing otherwise."""
     if not model_dir.exists():
@@ -141,15 +153,8 @@ def check_model_folder(model_dir: Path, reference: str) -> None:
                             "prefix or models:/<name>@<alias>")
     if not model_dir.is_dir():
         raise KubetuneError(f"--model: {reference} is a file; give a train output's model/ folder")
-    metadata_file = model_dir / MODEL_METADATA_FILE
-    if not (model_dir / LABEL_MAP_FILE).is_file() and metadata_file.is_file():
-        try:
-            task = json.loads(metadata_file.read_text()).get("task")
-        except (ValueError, AttributeError):  # unreadable: the generic line below says what is missing
-            task = None
-        if task == "sft":  # a causal LM has no labels: predicting with a classification config is the mistake
-            raise DataError(f"--model: {reference} is a task: sft model and this config has task: classification; "
-                            "pass --config with the task: sft config it was trained with")
+    if not (model_dir / LABEL_MAP_FILE).is_file():  # a causal LM has none: then the config's task is the mistake
+        check_model_task(model_dir, reference, "classification")
     for name in (LABEL_MAP_FILE, MODEL_METADATA_FILE):
         if not (model_dir / name).is_file():
             raise DataError(f"--model: {reference} has no {name}: it is not a model/ folder written by `kubetune train`")
@@ -224,10 +229,7 @@ def download_registered_model(reference: str, scratch: Path, tracking_uri: str |
     if not folders:
         raise DataError(f"--model: {reference} (version {found.version}) holds no kubetune model folder "
                         f"(no {MODEL_METADATA_FILE}); register a model logged by kubetune")
-    found_task = json.loads((folders[0] / MODEL_METADATA_FILE).read_text()).get("task") or "classification"
-    if found_task != task:
-        raise DataError(f"--model: {reference} (version {found.version}) is a task: {found_task} model and this config "
-                        f"has task: {task}; use a config with task: {found_task}")
+    check_model_task(folders[0], f"{reference} (version {found.version})", task)
     if task == "classification" and not (folders[0] / LABEL_MAP_FILE).is_file():
         raise DataError(f"--model: {reference} (version {found.version}) holds no kubetune model folder "
                         f"({MODEL_METADATA_FILE} and {LABEL_MAP_FILE}); register a model logged by kubetune")
