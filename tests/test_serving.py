@@ -137,6 +137,22 @@ def test_a_registry_reference_that_does_not_exist_names_it(logged: dict, referen
         Predictor.load(reference, tracking_uri=logged["uri"])
 
 
+def test_a_registered_classifier_under_an_sft_config_names_both_tasks(logged: dict, tmp_path: Path):
+    """kubetune predict --config <task: sft> --model models:/<a classifier>: one line naming both tasks, nothing written."""
+    from kubetune.config import validate_config
+    from kubetune.errors import DataError
+    from kubetune.generation import generate_file
+
+    config = validate_config({"task": "sft", "sft": {"prompt_column": "prompt", "response_column": "response"},
+                              "tracking": {"tracking_uri": logged["uri"]}})
+    reference = f"models:/{REGISTERED}@champion"
+    with pytest.raises(DataError) as raised:
+        generate_file(reference, str(logged["ledger"]), str(tmp_path / "completions.parquet"), config)
+    assert str(raised.value) == (f"--model: {reference} (version 1) is a task: classification model and this config has "
+                                 "task: sft; pass --config with the task: classification config it was trained with")
+    assert not (tmp_path / "completions.parquet").exists()
+
+
 def test_a_model_logged_before_raw_rows_still_takes_serialized_text(logged: dict, tmp_path: Path):
     from kubetune import tracking
     from kubetune.serving import log_model
