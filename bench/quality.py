@@ -16,6 +16,7 @@ and recorded with `search-record`, from a finished `kubetune train` output, besi
 validation rows (`search-baseline`, from the `kubetune tokenize` output it trained on):
 
     python -m bench.quality --datasets demo demo-by-supplier banking77 hwu64 council
+    python -m bench.quality --datasets council-full --systems kubetune   # ~75 min on 2 CPU cores
     python -m bench.quality --datasets banking77 --systems kubetune
     python -m bench.quality --from-run runs/<run id> --dataset demo --system kubetune --command "kubetune run"
     python -m bench.quality search-record --output /tmp/train-out --dataset demo --setting "r=32, all-linear" \\
@@ -68,6 +69,11 @@ def quality_datasets(council_rows: int) -> dict[str, Dataset]:
         "hwu64": Dataset("configs/hwu64.yaml", (), "HWU64, its train / valid / test files (test 1,076 rows)"),
         "council": Dataset("configs/council-spend.yaml", (f"data.max_rows={council_rows}",),
                            f"council payments, first {council_rows:,} rows, split by supplier"),
+        # All of it: ~5x the sample's training rows, so one epoch is more steps than the sample's four. Validation
+        # (~22k rows) every 1,000 steps rather than 500: each pass over it costs about a minute here.
+        "council-full": Dataset("configs/council-spend.yaml",
+                                ("training.epochs=1", "training.eval_steps=1000", "training.save_steps=1000"),
+                                "council payments, all 218,813 rows, split by supplier, 1 epoch"),
     }
 
 
