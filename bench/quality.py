@@ -16,7 +16,7 @@ and recorded with `search-record`, from a finished `kubetune train` output, besi
 validation rows (`search-baseline`, from the `kubetune tokenize` output it trained on):
 
     python -m bench.quality --datasets demo demo-by-supplier banking77 hwu64 council
-    python -m bench.quality --datasets council-full --systems kubetune   # ~75 min on 2 CPU cores
+    python -m bench.quality --datasets council-full --systems kubetune   # ~1 h on 2 CPU cores; not run by default
     python -m bench.quality --datasets banking77 --systems kubetune
     python -m bench.quality --from-run runs/<run id> --dataset demo --system kubetune --command "kubetune run"
     python -m bench.quality search-record --output /tmp/train-out --dataset demo --setting "r=32, all-linear" \\
@@ -78,6 +78,8 @@ def quality_datasets(council_rows: int) -> dict[str, Dataset]:
 
 
 DATASET_NAMES = tuple(quality_datasets(COUNCIL_ROWS))
+# What a plain `python -m bench.quality` (and `make bench`) runs: all but council-full, ~1 h of its own here.
+DEFAULT_DATASETS = tuple(name for name in DATASET_NAMES if name != "council-full")
 
 
 def _data_overrides(config: str) -> list[str]:
@@ -247,8 +249,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         epilog="`python -m bench.quality search-record --help`: record a setting tried during the search (validation); "
                "`search-baseline --help`: the baseline on the same validation split.")
     parser.add_argument("--datasets", nargs="+", choices=DATASET_NAMES,
-                        default=(os.environ.get("BENCH_QUALITY_DATASETS") or " ".join(DATASET_NAMES)).split(),
-                        help="Data sets to measure (BENCH_QUALITY_DATASETS).")
+                        default=(os.environ.get("BENCH_QUALITY_DATASETS") or " ".join(DEFAULT_DATASETS)).split(),
+                        help="Data sets to measure (BENCH_QUALITY_DATASETS); default: all but council-full.")
     parser.add_argument("--systems", nargs="+", choices=SYSTEMS,
                         default=(os.environ.get("BENCH_QUALITY_SYSTEMS") or " ".join(SYSTEMS)).split(),
                         help="Systems to run (BENCH_QUALITY_SYSTEMS); the baseline comes with every kubetune run.")

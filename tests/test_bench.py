@@ -410,6 +410,23 @@ def test_quality_runs_each_system_as_a_kubetune_run(tmp_path: Path, results_dir:
     assert rows[0]["data"] == "council payments, first 5,000 rows, split by supplier"
 
 
+def test_a_plain_quality_run_leaves_out_the_whole_council_set(tmp_path: Path, results_dir: Path,
+                                                              monkeypatch: pytest.MonkeyPatch):
+    """council-full (an hour of training here) runs only when named; its one epoch over all rows when it is."""
+    import bench.quality as quality
+
+    measured = []
+    monkeypatch.setattr(quality, "measure", lambda name, dataset, system, extra, work: measured.append((name, dataset)) or [])
+    monkeypatch.delenv("BENCH_QUALITY_DATASETS", raising=False)
+    assert quality_main(["--systems", "kubetune"]) == 0
+    assert [name for name, _ in measured] == ["demo", "demo-by-supplier", "banking77", "hwu64", "council"]
+    measured.clear()
+    assert quality_main(["--datasets", "council-full", "--systems", "kubetune"]) == 0
+    [(name, dataset)] = measured
+    assert dataset.overrides == ("training.epochs=1", "training.eval_steps=1000", "training.save_steps=1000")
+    assert "data.max_rows" not in " ".join(dataset.overrides)
+
+
 def test_full_fine_tune_overrides_validate_on_every_quality_config():
     from bench.quality import quality_datasets
     from kubetune.config import load_config
