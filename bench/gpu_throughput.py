@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import REPO_ROOT, WORK_DIR, append_rows, env_int, run_info
+from bench.throughput import VARIANTS
 
 LENGTHS_FILE = REPO_ROOT / "bench" / "council_token_lengths.json"
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
@@ -184,6 +185,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--lengths", type=Path, default=LENGTHS_FILE, help="Token-length histogram (JSON with `counts`).")
     parser.add_argument("--max-length", type=int, default=MAX_LENGTH)
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS),
+                        help="Variants to run (default: all three); e.g. A B where DeepSpeed cannot run.")
     args = parser.parse_args(argv)
 
     import torch
@@ -202,7 +205,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     extra = {"tokenize": {"max_length": args.max_length}, "lora": {"target_modules": LORA_TARGETS}}
     dataset = "council lengths (random letters)"
     rows = compare(dataset, subset, str(model_dir), {"split": {"label_column": "label"}}, args.steps, args.repeats, workdir,
-                   seed=args.seed, extra=extra, seed_max_length=args.max_length)
+                   seed=args.seed, extra=extra, variants=args.variants, seed_max_length=args.max_length)
 
     from kubetune.config import validate_config
 

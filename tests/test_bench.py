@@ -148,6 +148,18 @@ def test_gpu_benchmark_runs_on_cpu_with_a_tiny_config(tmp_path: Path, monkeypatc
     assert len({r["flops_per_token"] for r in rows}) == 1 and float(rows[0]["flops_per_token"]) > 0
 
 
+def test_gpu_benchmark_runs_only_the_variants_asked_for(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, results_dir: Path):
+    import bench.gpu_throughput as gpu
+
+    lengths = tmp_path / "lengths.json"
+    lengths.write_text(json.dumps({"counts": {"20": 5, "40": 3}}))
+    monkeypatch.setattr(gpu, "WORK_DIR", tmp_path / "work")
+    assert gpu.main(["--tiny", "--steps", "1", "--repeats", "1", "--train-rows", "16", "--lengths", str(lengths),
+                     "--variants", "B"]) == 0
+    with (results_dir / "throughput.csv").open(newline="") as handle:
+        assert [r["variant"] for r in csv.DictReader(handle)] == ["B"]
+
+
 def test_pipeline_that_cannot_run_is_reported_not_measured(tmp_path: Path):
     rows = measure_pipeline(str(tmp_path / "missing.yaml"), [], tmp_path / "work")
     assert len(rows) == 1 and rows[0]["step"] == "" and rows[0]["seconds"] is None
