@@ -19,8 +19,8 @@ MFU counts useful work only — real (non-pad) tokens — against the GPU's dens
       12·L·d·ℓ̄     attention scores and weighted values: 4·d·ℓ per layer forward, ×3 with the backward
                    (d = heads × head_dim, ℓ̄ = Σℓ²/Σℓ, the mean row length seen by a real token)
 
-    python -m bench.gpu_throughput --steps 30 --repeats 3          # on a GPU machine
-    python -m bench.gpu_throughput --tiny --steps 2 --repeats 1    # the CPU smoke run of the same code
+    python -m bench.gpu_throughput --steps 30 --repeats 3          # on a GPU machine (one untimed warm-up round first)
+    python -m bench.gpu_throughput --tiny --steps 2 --repeats 1 --warmup-rounds 0   # the CPU smoke run of the same code
 """
 
 from __future__ import annotations
@@ -185,6 +185,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--lengths", type=Path, default=LENGTHS_FILE, help="Token-length histogram (JSON with `counts`).")
     parser.add_argument("--max-length", type=int, default=MAX_LENGTH)
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--warmup-rounds", type=int, default=env_int("BENCH_GPU_WARMUP_ROUNDS", 1),
+                        help="Untimed rounds of every variant before the timed repeats (BENCH_GPU_WARMUP_ROUNDS).")
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS),
                         help="Variants to run (default: all three); e.g. A B where DeepSpeed cannot run.")
     args = parser.parse_args(argv)
@@ -205,7 +207,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     extra = {"tokenize": {"max_length": args.max_length}, "lora": {"target_modules": LORA_TARGETS}}
     dataset = "council lengths (random letters)"
     rows = compare(dataset, subset, str(model_dir), {"split": {"label_column": "label"}}, args.steps, args.repeats, workdir,
-                   seed=args.seed, extra=extra, variants=args.variants, seed_max_length=args.max_length)
+                   seed=args.seed, extra=extra, variants=args.variants, seed_max_length=args.max_length,
+                   warmup_rounds=args.warmup_rounds)
 
     from kubetune.config import validate_config
 

@@ -215,9 +215,11 @@ def _figures(speed: Mapping[str, float], steps: int, batch_size: int) -> dict[st
 def compare(
     dataset: str, subset: Path, model: str, data_sections: Mapping[str, Any], steps: int, repeats: int,
     workdir: Path, seed: int = 42, extra: Mapping[str, Mapping[str, Any]] | None = None,
-    variants: Sequence[str] = VARIANTS, seed_max_length: int = SEED_MAX_LENGTH,
+    variants: Sequence[str] = VARIANTS, seed_max_length: int = SEED_MAX_LENGTH, warmup_rounds: int = 0,
 ) -> list[dict[str, Any]]:
-    """Tokenize for B and C, then run the variants interleaved `repeats` times; one row per run."""
+    """Tokenize for B and C, then run the variants interleaved `repeats` times; one row per run. `warmup_rounds`
+    untimed rounds of every variant come first: on a fresh GPU machine the first processes pay one-time costs
+    (kernel JIT caches, clocks) that would otherwise land on whichever variant runs first."""
     from bench import data as bench_data
     from kubetune.config import validate_config
     from kubetune.data.labels import LabelMap
@@ -234,7 +236,7 @@ def compare(
     jobs["A"] = plain_job(validate_config(configs["B"], source="bench:B"), subset, resolve_model_path(model), LabelMap.load(subset).max_classes)
 
     rows = []
-    for repeat in range(1, repeats + 1):
+    for repeat in range(1 - warmup_rounds, repeats + 1):  # rounds up to 0 are warm-ups: run, checked, not recorded
         for variant in variants:
             job = {**jobs[variant], "output": str(workdir / "runs" / variant)}
             job_file, result_file = workdir / f"job-{variant}.json", workdir / f"result-{variant}-{repeat}.json"
@@ -246,6 +248,9 @@ def compare(
             figures = json.loads(result_file.read_text())
             if figures["steps"] != steps:
                 raise RuntimeError(f"{dataset} {variant}: trained {figures['steps']} optimizer steps, not {steps} (log: {log})")
+            if repeat < 1:
+                print(f"  {dataset} {variant} warm-up: {figures['samples_per_s']:.1f} samples/s (not recorded)", flush=True)
+                continue
             print(f"  {dataset} {variant} #{repeat}: {figures['samples_per_s']:.1f} samples/s, "
                   f"{figures['real_tokens_per_s']:.0f} real tokens/s, padding {100 * figures['padding_fraction']:.1f}%, "
                   f"peak RSS {figures['peak_rss_mb']:.0f} MiB", flush=True)
@@ -266,6 +271,10 @@ def summarize(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
                     "peak_gpu_mb", "mfu"):
             values = [float(m[key]) for m in members if m.get(key) not in (None, "")]
             entry[key] = median(values) if values else None
+        # Each run's own figure by repeat: interleaved repeats pair up (A#1 with B#1), so a ratio can be checked per pair.
+        entry["by_repeat"] = {key: {int(m["repeat"]): float(m[key]) for m in members
+                                    if m.get("repeat") not in (None, "") and m.get(key) not in (None, "")}
+                              for key in ("samples_per_s", "real_tokens_per_s")}
         out.append(entry)
     for entry in out:
         base = next((e for e in out if (e["suite"], e["dataset"], e["variant"]) == (entry["suite"], entry["dataset"], "A")), None)
