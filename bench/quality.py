@@ -19,6 +19,7 @@ validation rows (`search-baseline`, from the `kubetune tokenize` output it train
     python -m bench.quality --datasets council-full --systems kubetune   # ~1 h on 2 CPU cores; not run by default
     python -m bench.quality --datasets banking77 --systems kubetune
     python -m bench.quality --from-run runs/<run id> --dataset demo --system kubetune --command "kubetune run"
+    python -m bench.quality from-steps --model OUT/model --evaluation EVAL --dataset council-full-4ep --command "..."
     python -m bench.quality search-record --output /tmp/train-out --dataset demo --setting "r=32, all-linear" \\
         --command "kubetune train --config configs/demo.yaml lora.r=32 ..."
     python -m bench.quality search-baseline --data /tmp/tokenized --dataset demo --setting "values only" \\
@@ -76,6 +77,10 @@ def quality_datasets(council_rows: int) -> dict[str, Dataset]:
         "council-full": Dataset("configs/council-spend.yaml",
                                 ("training.epochs=1", "training.eval_steps=1000", "training.save_steps=1000"),
                                 "council payments, all 218,813 rows, split by supplier, 1 epoch", by_default=False),
+        # The shipped recipe as it is: about 4 x 50 min of training on 2 CPU cores, so measured in steps (from-steps).
+        "council-full-4ep": Dataset("configs/council-spend.yaml", (),
+                                    "council payments, all 218,813 rows, split by supplier, the shipped 4 epochs",
+                                    by_default=False),
     }
 
 
@@ -145,6 +150,35 @@ def run_rows(summary_file: Path, dataset: str, data: str, system: str, command: 
             rows.append({**common, "system": BASELINE, **_figures(baseline), "wall_seconds": None, "train_seconds": None,
                          "epochs": None})
     return rows
+
+
+def steps_rows(model_dir: Path, evaluation: Path, dataset: str, data: str, command: str) -> list[dict[str, Any]]:
+    """The rows of a run made of separate steps (`kubetune train`, wherever it ran, then `kubetune evaluate`): the
+    model's test figures and the baseline's from the same evaluation. No wall or train seconds: a resumed training's
+    train_runtime counts its last process only, so the command text says where and how long each part ran."""
+    metrics_file, baseline_file = evaluation / "metrics.json", evaluation / "baseline_metrics.json"
+    for needed in (metrics_file, baseline_file):
+        if not needed.is_file():
+            raise SystemExit(f"{needed}: not found; pass the output folder of `kubetune evaluate` (with the baseline on)")
+    metrics, baseline = json.loads(metrics_file.read_text()), json.loads(baseline_file.read_text())
+    common = {"dataset": dataset, "data": data, "run_command": command, "source": str(metrics_file)}
+    return [{**common, "system": KUBETUNE, **_figures(metrics), "wall_seconds": None, "train_seconds": None,
+             "epochs": _epochs(str(model_dir))},
+            {**common, "system": BASELINE, **_figures(baseline), "wall_seconds": None, "train_seconds": None, "epochs": None}]
+
+
+def from_steps(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.quality from-steps",
+                                     description="Record kubetune's default measured in separate steps (`kubetune train`, "
+                                     "e.g. on a GPU machine or resumed, then `kubetune evaluate`) and its baseline in quality.csv.")
+    parser.add_argument("--model", type=Path, required=True, help="The trained model folder (TRAINED/model).")
+    parser.add_argument("--evaluation", type=Path, required=True, help="The `kubetune evaluate` output folder.")
+    parser.add_argument("--dataset", required=True, choices=DATASET_NAMES, help="The data set it ran on.")
+    parser.add_argument("--command", required=True, help="The commands, with where and how long each part ran.")
+    args = parser.parse_args(argv)
+    description = quality_datasets(COUNCIL_ROWS)[args.dataset].description
+    _record(steps_rows(args.model, args.evaluation, args.dataset, description, args.command))
+    return 0
 
 
 def measure(name: str, dataset: Dataset, system: str, extra: Sequence[str], workdir: Path) -> list[dict[str, Any]]:
@@ -245,10 +279,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return search_record(argv[1:])
     if argv[:1] == ["search-baseline"]:
         return search_baseline(argv[1:])
+    if argv[:1] == ["from-steps"]:
+        return from_steps(argv[1:])
     parser = argparse.ArgumentParser(
         description="Quality: kubetune's default vs the TF-IDF baseline vs a full fine-tune.",
         epilog="`python -m bench.quality search-record --help`: record a setting tried during the search (validation); "
-               "`search-baseline --help`: the baseline on the same validation split.")
+               "`search-baseline --help`: the baseline on the same validation split; `from-steps --help`: a run made "
+               "of separate train and evaluate steps.")
     parser.add_argument("--datasets", nargs="+", choices=DATASET_NAMES,
                         default=(os.environ.get("BENCH_QUALITY_DATASETS") or " ".join(DEFAULT_DATASETS)).split(),
                         help="Data sets to measure (BENCH_QUALITY_DATASETS); default: all but council-full.")

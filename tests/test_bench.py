@@ -413,6 +413,28 @@ def test_from_run_records_a_finished_run_and_its_baseline(tmp_path: Path, result
         quality_main(["--from-run", str(tmp_path / "nowhere"), "--dataset", "demo"])
 
 
+def test_from_steps_records_a_separately_trained_model_and_its_baseline(tmp_path: Path, results_dir: Path):
+    model = _train_output(tmp_path / "out", metrics={"epoch": 4.0, "train_runtime": 12.0}) / "model"
+    evaluation = tmp_path / "eval"
+    evaluation.mkdir()
+    (evaluation / "metrics.json").write_text(json.dumps({"accuracy": 0.66, "macro_f1": 0.15, "weighted_f1": 0.64}))
+    (evaluation / "baseline_metrics.json").write_text(json.dumps({"accuracy": 0.65, "macro_f1": 0.13, "weighted_f1": 0.6}))
+    assert quality_main(["from-steps", "--model", str(model), "--evaluation", str(evaluation), "--dataset",
+                         "council-full-4ep", "--command", "kubetune train ... (on a GPU); kubetune evaluate ..."]) == 0
+    with (results_dir / "quality.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    picked = [(r["dataset"], r["system"], r["accuracy"], r["macro_f1"], r["wall_seconds"], r["train_seconds"], r["epochs"])
+              for r in rows]
+    assert picked == [("council-full-4ep", "kubetune", "0.66", "0.15", "", "", "4"),
+                      ("council-full-4ep", "baseline", "0.65", "0.13", "", "", "")]
+    assert {r["run_command"] for r in rows} == {"kubetune train ... (on a GPU); kubetune evaluate ..."}
+    assert rows[0]["data"] == "council payments, all 218,813 rows, split by supplier, the shipped 4 epochs"
+    (evaluation / "baseline_metrics.json").unlink()  # evaluate.baseline: none leaves nothing to compare with
+    with pytest.raises(SystemExit, match="baseline_metrics.json: not found"):
+        quality_main(["from-steps", "--model", str(model), "--evaluation", str(evaluation), "--dataset",
+                      "council-full-4ep", "--command", "c"])
+
+
 def test_quality_runs_each_system_as_a_kubetune_run(tmp_path: Path, results_dir: Path, monkeypatch: pytest.MonkeyPatch):
     import bench.quality as quality
 
