@@ -40,8 +40,8 @@ SECTION_COLUMNS: dict[str, tuple[str, ...]] = {
         "peak_worker_rss_mb",
     ),
     # One row per data set and system; run_command reproduces the row (the common `command` ran the benchmark).
-    "quality": ("dataset", "data", "system", "accuracy", "macro_f1", "weighted_f1", "wall_seconds", "train_seconds",
-                "epochs", "run_command", "source"),
+    "quality": ("dataset", "data", "system", "accuracy", "macro_f1", "weighted_f1", "top5_accuracy", "wall_seconds",
+                "train_seconds", "epochs", "run_command", "source"),
     # Each setting tried while choosing defaults: validation figures only.
     "quality_search": ("dataset", "setting", "accuracy", "macro_f1", "weighted_f1", "train_seconds", "epochs",
                        "run_command", "source"),
@@ -127,6 +127,8 @@ def append_rows(section: str, info: RunInfo, rows: Iterable[Mapping[str, Any]]) 
         if unknown:
             raise ValueError(f"{section}: unknown columns {sorted(unknown)}")
     new = not path.exists() or path.stat().st_size == 0
+    if not new:
+        _add_new_columns(path, columns)
     with path.open("a", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns)
         if new:
@@ -134,6 +136,26 @@ def append_rows(section: str, info: RunInfo, rows: Iterable[Mapping[str, Any]]) 
         for row in rows:
             writer.writerow({**asdict(info), **{k: _cell(v) for k, v in row.items()}})
     return path
+
+
+def _add_new_columns(path: Path, columns: Sequence[str]) -> None:
+    """A column added to a section since its file began: rewrite the file once under the new header, the older rows'
+    new cells empty (a removed column is an error: its figures would be dropped)."""
+    with path.open(newline="") as handle:
+        header = next(csv.reader(handle), [])
+        if header == list(columns):
+            return
+        handle.seek(0)
+        old_rows = list(csv.DictReader(handle))
+    dropped = [c for c in header if c not in columns]
+    if dropped:
+        raise ValueError(f"{path}: its columns {dropped} are not in the section's columns any more")
+    staging = path.with_suffix(".csv.tmp")
+    with staging.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(old_rows)
+    staging.replace(path)
 
 
 def _cell(value: Any) -> Any:

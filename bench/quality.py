@@ -117,7 +117,8 @@ def full_fine_tune_overrides(config: str, overrides: Sequence[str], epochs: floa
 
 # ---------------------------------------------------------------------------------------- rows
 def _figures(metrics: Mapping[str, Any]) -> dict[str, Any]:
-    return {"accuracy": metrics.get("accuracy"), "macro_f1": metrics.get("macro_f1"), "weighted_f1": metrics.get("weighted_f1")}
+    return {"accuracy": metrics.get("accuracy"), "macro_f1": metrics.get("macro_f1"), "weighted_f1": metrics.get("weighted_f1"),
+            "top5_accuracy": metrics.get("top5_accuracy")}
 
 
 def _epochs(model_dir: str) -> float | None:

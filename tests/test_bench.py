@@ -230,6 +230,33 @@ def test_a_throughput_goal_is_met_only_when_every_pair_of_runs_meets_it():
     assert "Each run's real tokens/s, by repeat: council A 1,000 / 3,000; council B 2,600 / 3,400." in page
 
 
+def test_a_column_added_to_a_section_rewrites_its_file_once_with_the_older_rows_kept(results_dir: Path):
+    columns = bench.common.COMMON_COLUMNS + bench.common.SECTION_COLUMNS["quality"]
+    before = [c for c in columns if c != "top5_accuracy"]
+    old = dict.fromkeys(before, "x") | {"dataset": "demo", "accuracy": "0.8"}
+    results_dir.mkdir(parents=True, exist_ok=True)
+    with (results_dir / "quality.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=before)
+        writer.writeheader()
+        writer.writerow(old)
+    bench.common.append_rows("quality", bench.common.run_info(), [_quality_row("demo", "kubetune", 0.9, 0.8) |
+                                                                  {"top5_accuracy": 0.97}])
+    with (results_dir / "quality.csv").open(newline="") as handle:
+        assert next(csv.reader(handle)) == list(columns)
+        handle.seek(0)
+        rows = list(csv.DictReader(handle))
+    assert [(r["accuracy"], r["top5_accuracy"]) for r in rows] == [("0.8", ""), ("0.9", "0.97")]
+    assert rows[0] == old | {"top5_accuracy": ""}
+
+
+def test_a_column_gone_from_a_section_is_an_error_not_a_silent_loss(results_dir: Path):
+    columns = bench.common.COMMON_COLUMNS + bench.common.SECTION_COLUMNS["quality"]
+    results_dir.mkdir(parents=True, exist_ok=True)
+    (results_dir / "quality.csv").write_text(",".join([*columns, "retired"]) + "\r\n")
+    with pytest.raises(ValueError, match=r"its columns \['retired'\] are not in the section's columns any more"):
+        bench.common.append_rows("quality", bench.common.run_info(), [_quality_row("demo", "kubetune", 0.9, 0.8)])
+
+
 # ---------------------------------------------------------------------------------------------- quality
 def _quality_row(dataset: str, system: str, accuracy: float, macro_f1: float, wall: float | None = 100.0) -> dict:
     return {"dataset": dataset, "data": f"{dataset} rows", "system": system, "accuracy": accuracy, "macro_f1": macro_f1,
@@ -261,12 +288,12 @@ def test_quality_table_marks_each_goal_met_or_missed_by_its_margin(tmp_path: Pat
         _quality_row("demo-by-supplier", "full-fine-tune", 0.72, 0.29, wall=130.0)])
     lines = render(why_file=tmp_path / "none.yaml").splitlines()
 
-    assert ("| demo | demo rows | kubetune default (MiniLM + LoRA) | 90.0 % | 80.0 % | 90.0 % | 100 | 50 | 4 | "
+    assert ("| demo | demo rows | kubetune default (MiniLM + LoRA) | 90.0 % | 80.0 % | 90.0 % | - | 100 | 50 | 4 | "
             "`kubetune run --config configs/demo.yaml` |") in lines
-    assert ("| demo | demo rows | TF-IDF (word 1-2 grams) + linear SVM | 87.0 % | 76.0 % | 87.0 % | - | - | - | "
+    assert ("| demo | demo rows | TF-IDF (word 1-2 grams) + linear SVM | 87.0 % | 76.0 % | 87.0 % | - | - | - | - | "
             "`kubetune run --config configs/demo.yaml` |") in lines
-    assert "| demo | - | MiniLM full fine-tune | not measured | - | - | - | - | - | - |" in lines
-    assert "| hwu64 | - | MiniLM full fine-tune | not measured | - | - | - | - | - | - |" not in lines
+    assert "| demo | - | MiniLM full fine-tune | not measured | - | - | - | - | - | - | - |" in lines
+    assert "| hwu64 | - | MiniLM full fine-tune | not measured | - | - | - | - | - | - | - |" not in lines
     # The goal table: both margins when met; only what falls short of +2 points when missed.
     assert "| demo | met: +3.0 / +4.0 pts |" in lines
     assert "| demo-by-supplier | missed: −1.2 pts accuracy |" in lines
@@ -417,16 +444,18 @@ def test_from_steps_records_a_separately_trained_model_and_its_baseline(tmp_path
     model = _train_output(tmp_path / "out", metrics={"epoch": 4.0, "train_runtime": 12.0}) / "model"
     evaluation = tmp_path / "eval"
     evaluation.mkdir()
-    (evaluation / "metrics.json").write_text(json.dumps({"accuracy": 0.66, "macro_f1": 0.15, "weighted_f1": 0.64}))
-    (evaluation / "baseline_metrics.json").write_text(json.dumps({"accuracy": 0.65, "macro_f1": 0.13, "weighted_f1": 0.6}))
+    (evaluation / "metrics.json").write_text(json.dumps({"accuracy": 0.66, "macro_f1": 0.15, "weighted_f1": 0.64,
+                                                         "top5_accuracy": 0.86}))
+    (evaluation / "baseline_metrics.json").write_text(json.dumps({"accuracy": 0.65, "macro_f1": 0.13, "weighted_f1": 0.6,
+                                                                  "top5_accuracy": 0.79}))
     assert quality_main(["from-steps", "--model", str(model), "--evaluation", str(evaluation), "--dataset",
                          "council-full-4ep", "--command", "kubetune train ... (on a GPU); kubetune evaluate ..."]) == 0
     with (results_dir / "quality.csv").open(newline="") as handle:
         rows = list(csv.DictReader(handle))
-    picked = [(r["dataset"], r["system"], r["accuracy"], r["macro_f1"], r["wall_seconds"], r["train_seconds"], r["epochs"])
-              for r in rows]
-    assert picked == [("council-full-4ep", "kubetune", "0.66", "0.15", "", "", "4"),
-                      ("council-full-4ep", "baseline", "0.65", "0.13", "", "", "")]
+    picked = [(r["dataset"], r["system"], r["accuracy"], r["macro_f1"], r["top5_accuracy"], r["wall_seconds"],
+               r["train_seconds"], r["epochs"]) for r in rows]
+    assert picked == [("council-full-4ep", "kubetune", "0.66", "0.15", "0.86", "", "", "4"),
+                      ("council-full-4ep", "baseline", "0.65", "0.13", "0.79", "", "", "")]
     assert {r["run_command"] for r in rows} == {"kubetune train ... (on a GPU); kubetune evaluate ..."}
     assert rows[0]["data"] == "council payments, all 218,813 rows, split by supplier, the shipped 4 epochs"
     (evaluation / "baseline_metrics.json").unlink()  # evaluate.baseline: none leaves nothing to compare with
