@@ -218,8 +218,9 @@ def compare(
     variants: Sequence[str] = VARIANTS, seed_max_length: int = SEED_MAX_LENGTH, warmup_rounds: int = 0,
 ) -> list[dict[str, Any]]:
     """Tokenize for B and C, then run the variants interleaved `repeats` times; one row per run. `warmup_rounds`
-    untimed rounds of every variant come first: on a fresh GPU machine the first processes pay one-time costs
-    (kernel JIT caches, clocks) that would otherwise land on whichever variant runs first."""
+    untimed rounds of every variant come first: on a fresh GPU machine the first processes pay one-time costs that
+    would otherwise land on whichever variant runs first (on the H200, 2026-12-04, A's first run made 1,458 real
+    tokens/s and its second 3,274)."""
     from bench import data as bench_data
     from kubetune.config import validate_config
     from kubetune.data.labels import LabelMap
