@@ -129,6 +129,12 @@ def _epochs(model_dir: str) -> float | None:
     return json.loads(metrics_file.read_text()).get("epoch")
 
 
+def _baseline_row(common: Mapping[str, Any], baseline: Mapping[str, Any]) -> dict[str, Any]:
+    """The baseline's row beside a kubetune row: its fit time is not in baseline_metrics.json
+    (bench/results/baseline_cost.csv measures it)."""
+    return {**common, "system": BASELINE, **_figures(baseline), "wall_seconds": None, "train_seconds": None, "epochs": None}
+
+
 def run_rows(summary_file: Path, dataset: str, data: str, system: str, command: str) -> list[dict[str, Any]]:
     """The rows of one finished `kubetune run`: the system's, and with a kubetune run the baseline's of the same
     evaluation (fit on the same train split, scored on the same test rows)."""
@@ -147,9 +153,7 @@ def run_rows(summary_file: Path, dataset: str, data: str, system: str, command: 
         baseline_file = evaluation / "baseline_metrics.json"
         baseline = json.loads(baseline_file.read_text()) if baseline_file.is_file() else summary.get("baseline_metrics") or {}
         if baseline.get("accuracy") is not None:
-            # Its fit time is not in baseline_metrics.json (bench/results/baseline_cost.csv measures it).
-            rows.append({**common, "system": BASELINE, **_figures(baseline), "wall_seconds": None, "train_seconds": None,
-                         "epochs": None})
+            rows.append(_baseline_row(common, baseline))
     return rows
 
 
@@ -165,7 +169,7 @@ def steps_rows(model_dir: Path, evaluation: Path, dataset: str, data: str, comma
     common = {"dataset": dataset, "data": data, "run_command": command, "source": str(metrics_file)}
     return [{**common, "system": KUBETUNE, **_figures(metrics), "wall_seconds": None, "train_seconds": None,
              "epochs": _epochs(str(model_dir))},
-            {**common, "system": BASELINE, **_figures(baseline), "wall_seconds": None, "train_seconds": None, "epochs": None}]
+            _baseline_row(common, baseline)]
 
 
 def from_steps(argv: Sequence[str]) -> int:
