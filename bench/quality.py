@@ -201,8 +201,10 @@ def measure(name: str, dataset: Dataset, system: str, extra: Sequence[str], work
 
 # --------------------------------------------------------------------------------------- search
 def search_row(output: Path, dataset: str, setting: str, command: str) -> dict[str, Any]:
-    """One setting tried during the search, from a finished `kubetune train` output: validation figures only
-    (training_metrics.json's eval_*, the saved model's; else the best evaluation in training_history.json)."""
+    """One setting tried during the search, from a `kubetune train` output: validation figures only
+    (training_metrics.json's eval_*, the saved model's; else the best evaluation in training_history.json; else,
+    when the training stopped before it saved its model, the best evaluation in its newest complete checkpoint's
+    trainer_state.json)."""
     model = output / "model"
     metrics_file, history_file = model / "training_metrics.json", model / "training_history.json"
     metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
@@ -210,16 +212,35 @@ def search_row(output: Path, dataset: str, setting: str, command: str) -> dict[s
     if metrics.get("eval_accuracy") is None:
         history = json.loads(history_file.read_text()) if history_file.is_file() else {}
         evals = [e for e in history.get("eval", []) if e.get("eval_accuracy") is not None]
+        best_step, metric = history.get("best_step"), history.get("metric_for_best_model")
+        if not evals and not history_file.is_file():
+            state_file, evals, best_step = _checkpoint_evaluations(output)
+            if evals:
+                history_file = state_file
         if not evals:
             raise SystemExit(f"{output}: no validation figures (neither {metrics_file} with eval_accuracy nor "
                              f"evaluations in {history_file})")
-        best = next((e for e in evals if e.get("step") == history.get("best_step")), None)
-        best = best or max(evals, key=lambda e: e.get(history.get("metric_for_best_model") or "eval_macro_f1") or 0.0)
+        best = next((e for e in evals if e.get("step") == best_step), None)
+        best = best or max(evals, key=lambda e: e.get(metric or "eval_macro_f1") or 0.0)
         metrics, source = {**metrics, **best}, history_file
     return {"dataset": dataset, "setting": setting, "accuracy": metrics.get("eval_accuracy"),
             "macro_f1": metrics.get("eval_macro_f1"), "weighted_f1": metrics.get("eval_weighted_f1"),
             "train_seconds": metrics.get("train_runtime"), "epochs": metrics.get("epoch"), "run_command": command,
             "source": str(source)}
+
+
+def _checkpoint_evaluations(output: Path) -> tuple[Path, list[dict[str, Any]], int | None]:
+    """The evaluations in the newest complete checkpoint's trainer_state.json (the Trainer's log_history) and the
+    step of its best one: what a training stopped before it saved its model leaves."""
+    from kubetune.train.checkpoints import newest_complete
+
+    newest = newest_complete(output / "checkpoints")
+    state_file = (newest or output / "checkpoints") / "trainer_state.json"
+    if newest is None or not state_file.is_file():
+        return state_file, [], None
+    state = json.loads(state_file.read_text())
+    evals = [e for e in state.get("log_history", []) if e.get("eval_accuracy") is not None]
+    return state_file, evals, state.get("best_global_step")
 
 
 def search_record(argv: Sequence[str]) -> int:
