@@ -31,6 +31,7 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -206,21 +207,27 @@ def main(argv: Sequence[str] | None = None) -> int:
                                     {"train": args.train_rows, "validation": 64, "test": 64}, args.max_length, NUM_LABELS, args.seed)
     extra = {"tokenize": {"max_length": args.max_length}, "lora": {"target_modules": LORA_TARGETS}}
     dataset = "council lengths (random letters)"
+    info, flops = run_info(), {}
+
+    def record_round(round_rows: list[dict[str, Any]]) -> None:
+        # Each finished round goes to throughput.csv as it ends: a run stopped at its time limit keeps its rounds.
+        if not flops:
+            from kubetune.config import validate_config
+
+            # All variants train on the same rows; B's tokenized copy holds their real lengths.
+            flops.update(flops_per_real_token(config, validate_config({}).lora.r, NUM_LABELS,
+                                              token_weighted_length(workdir / "tokenized-B")))
+            print(f"FLOPs per real token: {flops['flops_per_token']:.4g} (N_frozen {flops['n_frozen']:,}, "
+                  f"N_trainable {flops['n_trainable']:,})")
+        for row in round_rows:
+            peak = peak_tflops(row["device"]) if torch.cuda.is_available() else None
+            row.update(suite="smoke" if args.tiny else "gpu", model=label, flops_per_token=flops["flops_per_token"],
+                       peak_tflops=peak, mfu=row["real_tokens_per_s"] * flops["flops_per_token"] / (peak * 1e12) if peak else None)
+        append_rows("throughput", info, round_rows)
+
     rows = compare(dataset, subset, str(model_dir), {"split": {"label_column": "label"}}, args.steps, args.repeats, workdir,
                    seed=args.seed, extra=extra, variants=args.variants, seed_max_length=args.max_length,
-                   warmup_rounds=args.warmup_rounds)
-
-    from kubetune.config import validate_config
-
-    # All variants train on the same rows; B's tokenized copy holds their real lengths.
-    flops = flops_per_real_token(config, validate_config({}).lora.r, NUM_LABELS, token_weighted_length(workdir / "tokenized-B"))
-    print(f"FLOPs per real token: {flops['flops_per_token']:.4g} (N_frozen {flops['n_frozen']:,}, "
-          f"N_trainable {flops['n_trainable']:,})")
-    for row in rows:
-        peak = peak_tflops(row["device"]) if torch.cuda.is_available() else None
-        row.update(suite="smoke" if args.tiny else "gpu", model=label, flops_per_token=flops["flops_per_token"],
-                   peak_tflops=peak, mfu=row["real_tokens_per_s"] * flops["flops_per_token"] / (peak * 1e12) if peak else None)
-    append_rows("throughput", run_info(), rows)
+                   warmup_rounds=args.warmup_rounds, on_round=record_round)
     print_summary(summarize(rows))
     return 0
 

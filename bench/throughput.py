@@ -26,7 +26,7 @@ import json
 import shutil
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -216,11 +216,13 @@ def compare(
     dataset: str, subset: Path, model: str, data_sections: Mapping[str, Any], steps: int, repeats: int,
     workdir: Path, seed: int = 42, extra: Mapping[str, Mapping[str, Any]] | None = None,
     variants: Sequence[str] = VARIANTS, seed_max_length: int = SEED_MAX_LENGTH, warmup_rounds: int = 0,
+    on_round: Callable[[list[dict[str, Any]]], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Tokenize for B and C, then run the variants interleaved `repeats` times; one row per run. `warmup_rounds`
     untimed rounds of every variant come first: on a fresh GPU machine the first processes pay one-time costs that
     would otherwise land on whichever variant runs first (on the H200, 2026-12-04, A's first run made 1,458 real
-    tokens/s and its second 3,274)."""
+    tokens/s and its second 3,274). `on_round` gets each finished timed round's rows as it ends, so a run stopped
+    by its time limit keeps the rounds it finished (a lent GPU machine's time runs out mid-run)."""
     from bench import data as bench_data
     from kubetune.config import validate_config
     from kubetune.data.labels import LabelMap
@@ -256,6 +258,8 @@ def compare(
                   f"{figures['real_tokens_per_s']:.0f} real tokens/s, padding {100 * figures['padding_fraction']:.1f}%, "
                   f"peak RSS {figures['peak_rss_mb']:.0f} MiB", flush=True)
             rows.append({"dataset": dataset, "model": model, "variant": variant, "repeat": repeat, **figures})
+        if repeat >= 1 and on_round is not None:
+            on_round(rows[-len(variants):])
     return rows
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import json
 import random
+import shutil
 from pathlib import Path
 
 import pytest
@@ -161,6 +162,33 @@ def test_gpu_benchmark_runs_only_the_variants_asked_for(tmp_path: Path, monkeypa
                      "--variants", "B", "--warmup-rounds", "0"]) == 0
     with (results_dir / "throughput.csv").open(newline="") as handle:
         assert [r["variant"] for r in csv.DictReader(handle)] == ["B"]
+
+
+def test_gpu_benchmark_stopped_mid_run_keeps_the_rounds_it_finished(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                    results_dir: Path):
+    import bench.gpu_throughput as gpu
+    import bench.throughput
+
+    lengths = tmp_path / "lengths.json"
+    lengths.write_text(json.dumps({"counts": {"20": 5, "40": 3}}))
+    monkeypatch.setattr(gpu, "WORK_DIR", tmp_path / "work")
+    real_run_logged, calls = bench.throughput.run_logged, []
+
+    def stopped_in_round_two(command, log, **kwargs):
+        calls.append(log.name)
+        if log.name == "A-2.log":  # the time limit strikes during the second round
+            raise KeyboardInterrupt
+        return real_run_logged(command, log, **kwargs)
+
+    monkeypatch.setattr(bench.throughput, "run_logged", stopped_in_round_two)
+    with pytest.raises(KeyboardInterrupt):
+        gpu.main(["--tiny", "--steps", "1", "--repeats", "3", "--train-rows", "16", "--lengths", str(lengths),
+                  "--variants", "A", "B", "--warmup-rounds", "0"])
+    assert calls == ["A-1.log", "B-1.log", "A-2.log"]
+    with (results_dir / "throughput.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(r["variant"], r["repeat"], r["suite"]) for r in rows] == [("A", "1", "smoke"), ("B", "1", "smoke")]
+    assert all(float(r["flops_per_token"]) > 0 for r in rows)
 
 
 def test_pipeline_that_cannot_run_is_reported_not_measured(tmp_path: Path):
@@ -372,6 +400,36 @@ def test_search_record_appends_the_validation_figures_of_a_train_output(tmp_path
     assert ("| banking77 | dora | 70.0 % | 65.0 % | 69.0 % | - | 2 | `kubetune train ...` |") in page.splitlines()
     assert ("| demo | lora.r=32 | 80.0 % | 70.0 % | 79.0 % | 322 | 6 | "
             "`kubetune train --config configs/demo.yaml lora.r=32` |") in page.splitlines()
+
+
+def test_search_record_reads_the_newest_complete_checkpoint_when_the_model_was_never_saved(tmp_path: Path,
+                                                                                           results_dir: Path):
+    from kubetune.train.checkpoints import mark_complete
+
+    def checkpoint(step: int, evals: list[tuple[int, float, float]], best: int | None) -> None:
+        folder = tmp_path / "out" / "checkpoints" / f"checkpoint-{step}"
+        folder.mkdir(parents=True)
+        log = [{"step": s, "epoch": s / 10, "loss": 1.0} for s, _, _ in evals]
+        log += [{"step": s, "epoch": s / 10, "eval_accuracy": a, "eval_macro_f1": f, "eval_weighted_f1": a - 0.01}
+                for s, a, f in evals]
+        (folder / "trainer_state.json").write_text(json.dumps({"best_global_step": best, "log_history": log}))
+
+    # The newest checkpoint is incomplete (killed while writing it): the complete one before it is read, and its
+    # best step (by macro F1, 20) wins over the later evaluation of higher accuracy.
+    checkpoint(30, [(10, 0.5, 0.4), (20, 0.6, 0.55), (30, 0.7, 0.5)], best=20)
+    mark_complete(tmp_path / "out" / "checkpoints" / "checkpoint-30", world_size=1)
+    checkpoint(40, [(10, 0.5, 0.4), (20, 0.6, 0.55), (30, 0.7, 0.5), (40, 0.9, 0.9)], best=40)
+    assert quality_main(["search-record", "--output", str(tmp_path / "out"), "--dataset", "council-full",
+                         "--setting", "stopped while saving", "--command", "kubetune train ..."]) == 0
+    with (results_dir / "quality_search.csv").open(newline="") as handle:
+        (row,) = list(csv.DictReader(handle))
+    assert (row["accuracy"], row["macro_f1"], row["weighted_f1"], row["epochs"], row["train_seconds"]) == ("0.6", "0.55", "0.59", "2", "")
+    assert row["source"] == str(tmp_path / "out" / "checkpoints" / "checkpoint-30" / "trainer_state.json")
+    # No complete checkpoint: the one-line error names the model's files.
+    shutil.rmtree(tmp_path / "out" / "checkpoints" / "checkpoint-30")
+    with pytest.raises(SystemExit, match="no validation figures"):
+        quality_main(["search-record", "--output", str(tmp_path / "out"), "--dataset", "demo", "--setting", "x",
+                      "--command", "y"])
 
 
 def test_search_baseline_records_the_baseline_on_the_validation_split_alone(toy_preprocessed, results_dir: Path):
