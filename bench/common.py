@@ -42,6 +42,10 @@ SECTION_COLUMNS: dict[str, tuple[str, ...]] = {
     # One row per data set and system; run_command reproduces the row (the common `command` ran the benchmark).
     "quality": ("dataset", "data", "system", "accuracy", "macro_f1", "weighted_f1", "top5_accuracy", "wall_seconds",
                 "train_seconds", "epochs", "run_command", "source"),
+    # The same data sets split again with other split seeds (`bench.quality --split-seeds`): does a margin over the
+    # baseline hold beyond the one split the quality table reads?
+    "quality_splits": ("dataset", "data", "split_seed", "system", "accuracy", "macro_f1", "weighted_f1", "top5_accuracy",
+                       "wall_seconds", "train_seconds", "epochs", "run_command", "source"),
     # Each setting tried while choosing defaults: validation figures only.
     "quality_search": ("dataset", "setting", "accuracy", "macro_f1", "weighted_f1", "train_seconds", "epochs",
                        "run_command", "source"),

@@ -18,6 +18,7 @@ validation rows (`search-baseline`, from the `kubetune tokenize` output it train
     python -m bench.quality --datasets demo demo-by-supplier banking77 hwu64 council
     python -m bench.quality --datasets council-full --systems kubetune   # ~1 h on 2 CPU cores; not run by default
     python -m bench.quality --datasets banking77 --systems kubetune
+    python -m bench.quality --datasets demo demo-by-supplier --systems kubetune --split-seeds 7 13   # other splits
     python -m bench.quality --from-run runs/<run id> --dataset demo --system kubetune --command "kubetune run"
     python -m bench.quality from-steps --model OUT/model --evaluation EVAL --dataset council-full-4ep --command "..."
     python -m bench.quality search-record --output /tmp/train-out --dataset demo --setting "r=32, all-linear" \\
@@ -186,6 +187,13 @@ def from_steps(argv: Sequence[str]) -> int:
     return 0
 
 
+def measure_split(name: str, dataset: Dataset, system: str, extra: Sequence[str], workdir: Path,
+                  split_seed: int) -> list[dict[str, Any]]:
+    """`measure` with the rows split again by `split.seed=split_seed` (its own work folder); the rows say the seed."""
+    rows = measure(name, dataset, system, [*extra, f"split.seed={split_seed}"], workdir / f"split-seed-{split_seed}")
+    return [{**row, "split_seed": split_seed} for row in rows]
+
+
 def measure(name: str, dataset: Dataset, system: str, extra: Sequence[str], workdir: Path) -> list[dict[str, Any]]:
     """`kubetune run` of one system on one data set in a fresh runs folder; its rows."""
     runs = workdir / name / system / "runs"
@@ -328,6 +336,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="How much slower a full fine-tune trains per epoch than LoRA (BENCH_FULL_FT_SLOWDOWN).")
     parser.add_argument("--full-lr", type=float, default=float(os.environ.get("BENCH_FULL_FT_LR") or FULL_FINE_TUNE_LR),
                         help="Learning rate of the full fine-tune (BENCH_FULL_FT_LR).")
+    parser.add_argument("--split-seeds", type=int, nargs="+", metavar="SEED",
+                        help="Split each data set again with each of these split.seed values (its test split read once "
+                             "per seed) and record the rows in quality_splits.csv, not in the quality table: does the "
+                             "margin over the baseline hold on other splits of the same rows?")
     parser.add_argument("--from-run", type=Path, help="Record this finished run (RUNS_DIR/RUN_ID) instead of running one.")
     parser.add_argument("--dataset", choices=DATASET_NAMES, help="With --from-run: the data set it ran on.")
     parser.add_argument("--system", choices=SYSTEMS, default=KUBETUNE, help="With --from-run: what it ran.")
@@ -336,6 +348,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     table = quality_datasets(args.council_rows)
 
     if args.from_run is not None:
+        if args.split_seeds:
+            parser.error("--split-seeds runs new splits; a finished run (--from-run) was split already")
         if not args.dataset:
             parser.error("--from-run needs --dataset")
         command = args.command or f"a finished run ({args.from_run}); its command was not given"
@@ -345,26 +359,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     info, failed = run_info(), []
     for name in args.datasets:
         dataset = table[name]
-        for system in args.systems:
-            extra = [] if system == KUBETUNE else full_fine_tune_overrides(
-                dataset.config, dataset.overrides, args.full_epochs, args.full_lr, args.full_slowdown)
-            try:
-                rows = measure(name, dataset, system, extra, WORK_DIR / "quality")
-            except (RuntimeError, SystemExit) as failure:  # reported at the end; the other runs still run
-                print(f"  {name} {system}: FAILED: {failure}", file=sys.stderr, flush=True)
-                failed.append(f"{name} {system}")
-                continue
-            _record(rows, info)  # each run's rows as soon as it ends: hours of training are never lost
+        for split_seed in args.split_seeds or [None]:
+            for system in args.systems:
+                extra = [] if system == KUBETUNE else full_fine_tune_overrides(
+                    dataset.config, dataset.overrides, args.full_epochs, args.full_lr, args.full_slowdown)
+                label = name if split_seed is None else f"{name} split.seed={split_seed}"
+                try:
+                    if split_seed is None:
+                        rows = measure(name, dataset, system, extra, WORK_DIR / "quality")
+                    else:
+                        rows = measure_split(name, dataset, system, extra, WORK_DIR / "quality", split_seed)
+                except (RuntimeError, SystemExit) as failure:  # reported at the end; the other runs still run
+                    print(f"  {label} {system}: FAILED: {failure}", file=sys.stderr, flush=True)
+                    failed.append(f"{label} {system}")
+                    continue
+                # Each run's rows as soon as it ends: hours of training are never lost.
+                _record(rows, info, section="quality" if split_seed is None else "quality_splits")
     if failed:
         print(f"bench.quality: failed: {', '.join(failed)}", file=sys.stderr)
         return 1
     return 0
 
 
-def _record(rows: Sequence[Mapping[str, Any]], info: Any = None) -> None:
-    append_rows("quality", info or run_info(), rows)
+def _record(rows: Sequence[Mapping[str, Any]], info: Any = None, section: str = "quality") -> None:
+    append_rows(section, info or run_info(), rows)
     for row in rows:
-        print(f"  {row['dataset']} {row['system']}: accuracy {row['accuracy']:.4f}, macro F1 {row['macro_f1']:.4f}, "
+        seed = f" split.seed={row['split_seed']}" if "split_seed" in row else ""
+        print(f"  {row['dataset']}{seed} {row['system']}: accuracy {row['accuracy']:.4f}, macro F1 {row['macro_f1']:.4f}, "
               f"weighted F1 {row['weighted_f1']:.4f}", flush=True)
 
 

@@ -216,7 +216,39 @@ def lora_vs_full_table(latest: Mapping[tuple[str, str], Mapping[str, str]]) -> l
             *_table(["data set", "LoRA − full", "LoRA wall s", "full wall s", "machine"], table)]
 
 
-def quality_section(rows: Sequence[Mapping[str, str]], search: Sequence[Mapping[str, str]]) -> list[str]:
+def split_seeds_table(rows: Sequence[Mapping[str, str]], splits: Sequence[Mapping[str, str]]) -> list[str]:
+    """Each data set split again with other seeds (quality_splits.csv) beside the quality table's own split: kubetune
+    vs the baseline on each split, and on how many of them the goal's margin holds."""
+    latest, by_seed = _latest_by(rows, "dataset", "system"), _latest_by(splits, "dataset", "split_seed", "system")
+    table, tally = [], []
+    for dataset in DATASET_NAMES:
+        seeds = sorted({seed for (name, seed, _) in by_seed if name == dataset}, key=int)
+        if not seeds:
+            continue
+        pairs = [("the quality table's", latest.get((dataset, KUBETUNE)), latest.get((dataset, BASELINE)))]
+        pairs += [(seed, by_seed.get((dataset, seed, KUBETUNE)), by_seed.get((dataset, seed, BASELINE))) for seed in seeds]
+        met = 0
+        for seed, kubetune, baseline in pairs:
+            if not (kubetune and baseline):
+                continue
+            verdict = baseline_margin(kubetune, baseline)
+            met += verdict[2]
+            table.append([dataset, seed, f"{_metric(kubetune['accuracy'])} / {_metric(kubetune['macro_f1'])}",
+                          f"{_metric(baseline['accuracy'])} / {_metric(baseline['macro_f1'])}", verdict[3]])
+        measured = sum(1 for _, kubetune, baseline in pairs if kubetune and baseline)
+        tally.append(f"{dataset}: the margin holds on {met} of {measured} splits")
+    if not table:
+        return []
+    return ["", "### The same data split again (split.seed)", "",
+            "Each data set's rows split again with other split seeds (`python -m bench.quality --split-seeds`, rows in "
+            "bench/results/quality_splits.csv; each split's test rows read once), beside the quality table's own split: "
+            "does the margin over the baseline hold beyond one split? Accuracy / macro F1 (test):", "",
+            *_table(["data set", "split seed", "kubetune", "baseline", "kubetune vs the baseline"], table),
+            "", "; ".join(tally) + "."]
+
+
+def quality_section(rows: Sequence[Mapping[str, str]], search: Sequence[Mapping[str, str]],
+                    splits: Sequence[Mapping[str, str]] = ()) -> list[str]:
     latest = _latest_by(rows, "dataset", "system")
     table, goals = [], []
     for dataset in DATASET_NAMES:
@@ -256,6 +288,7 @@ def quality_section(rows: Sequence[Mapping[str, str]], search: Sequence[Mapping[
     else:
         lines.append("Banking77, LoRA default vs a full fine-tune of the same model: not measured.")
     lines += lora_vs_full_table(latest)
+    lines += split_seeds_table(rows, splits)
     newest = {id(row) for row in latest.values()}
     earlier = sorted((r for r in rows if id(r) not in newest), key=lambda r: (r["dataset"], r["date"], r["system"]))
     if earlier:
@@ -470,7 +503,7 @@ def render(read: Callable[[str], list[dict[str, str]]] = read_rows, why_file: Pa
         "",
         "## Quality: kubetune vs the TF-IDF baseline vs a full fine-tune",
         "",
-        *quality_section(quality_rows, read("quality_search")),
+        *quality_section(quality_rows, read("quality_search"), read("quality_splits")),
         "",
         "## Local cores: ranks or threads (`python -m bench.local_layout`)",
         "",

@@ -553,6 +553,48 @@ def test_quality_runs_each_system_as_a_kubetune_run(tmp_path: Path, results_dir:
     assert rows[0]["data"] == "council payments, first 5,000 rows, split by supplier"
 
 
+def test_split_seeds_run_each_data_set_split_again_and_record_apart(tmp_path: Path, results_dir: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch):
+    import bench.quality as quality
+
+    commands = []
+
+    def fake_run(command, log, env=None, timeout=None):
+        commands.append(command)
+        runs = Path(next(c for c in command if c.startswith("storage.runs_uri=")).split("=", 1)[1])
+        seed = int(command[-1].removeprefix("split.seed="))
+        _finished_run(runs / command[command.index("--run-id") + 1], accuracy=0.9 if seed == 7 else 0.81)
+        return 1.0
+
+    monkeypatch.setattr(quality, "run_logged", fake_run)
+    monkeypatch.setattr(quality, "WORK_DIR", tmp_path / "work")
+    monkeypatch.delenv("BENCH_DATASETS_DIR", raising=False)
+    assert quality_main(["--datasets", "demo-by-supplier", "--systems", "kubetune", "--split-seeds", "7", "13"]) == 0
+    assert [c[-2:] for c in commands] == [["split.group_column=supplier", "split.seed=7"],
+                                          ["split.group_column=supplier", "split.seed=13"]]
+    # Each seed in its own runs folder: one split's run never reuses (or clears) another's.
+    assert [next(c for c in command if c.startswith("storage.runs_uri=")) for command in commands] == [
+        f"storage.runs_uri={tmp_path / 'work' / 'quality' / f'split-seed-{seed}' / 'demo-by-supplier' / 'kubetune' / 'runs'}"
+        for seed in (7, 13)]
+    assert not (results_dir / "quality.csv").exists()  # the quality table's split is not these
+    with (results_dir / "quality_splits.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(r["dataset"], r["split_seed"], r["system"], r["accuracy"]) for r in rows] == [
+        ("demo-by-supplier", "7", "kubetune", "0.9"), ("demo-by-supplier", "7", "baseline", "0.8"),
+        ("demo-by-supplier", "13", "kubetune", "0.81"), ("demo-by-supplier", "13", "baseline", "0.8")]
+    assert rows[0]["run_command"] == "kubetune run --config configs/demo.yaml split.group_column=supplier split.seed=7"
+    # Beside the quality table's own split, each split's margin and how many hold.
+    bench.common.append_rows("quality", _info("2026-12-04T10:00:00+00:00"), [
+        _quality_row("demo-by-supplier", "kubetune", 0.85, 0.75), _quality_row("demo-by-supplier", "baseline", 0.82, 0.70)])
+    lines = render(why_file=tmp_path / "none.yaml").splitlines()
+    assert "| demo-by-supplier | the quality table's | 85.0 % / 75.0 % | 82.0 % / 70.0 % | met: +3.0 / +5.0 pts |" in lines
+    assert "| demo-by-supplier | 7 | 90.0 % / 80.0 % | 80.0 % / 60.0 % | met: +10.0 / +20.0 pts |" in lines
+    assert "| demo-by-supplier | 13 | 81.0 % / 71.0 % | 80.0 % / 60.0 % | missed: +1.0 pts accuracy |" in lines
+    assert "demo-by-supplier: the margin holds on 2 of 3 splits." in lines
+    with pytest.raises(SystemExit):
+        quality_main(["--from-run", str(tmp_path), "--dataset", "demo", "--split-seeds", "7"])
+
+
 def test_a_plain_quality_run_leaves_out_the_whole_council_set(tmp_path: Path, results_dir: Path,
                                                               monkeypatch: pytest.MonkeyPatch):
     """council-full (an hour of training here) runs only when named; its one epoch over all rows when it is."""
