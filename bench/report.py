@@ -225,7 +225,7 @@ def split_seeds_table(rows: Sequence[Mapping[str, str]], splits: Sequence[Mappin
         seeds = sorted({seed for (name, seed, _) in by_seed if name == dataset}, key=int)
         if not seeds:
             continue
-        pairs = [("the quality table's", latest.get((dataset, KUBETUNE)), latest.get((dataset, BASELINE)))]
+        pairs = [("the config's own (the quality table)", latest.get((dataset, KUBETUNE)), latest.get((dataset, BASELINE)))]
         pairs += [(seed, by_seed.get((dataset, seed, KUBETUNE)), by_seed.get((dataset, seed, BASELINE))) for seed in seeds]
         met = 0
         for seed, kubetune, baseline in pairs:

@@ -263,8 +263,11 @@ def compare(
     return rows
 
 
+RATE_KEYS = ("samples_per_s", "real_tokens_per_s")  # the rates compared with A's, by median and by repeat
+
+
 def summarize(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Medians per (suite, dataset, variant) and each variant's ratio to A's median (samples/s, real tokens/s)."""
+    """Medians per (suite, dataset, variant) and each variant's ratio to A's median (RATE_KEYS)."""
     groups: dict[tuple[str, str, str], list[Mapping[str, Any]]] = {}
     for row in rows:
         groups.setdefault((str(row.get("suite", "cpu")), str(row["dataset"]), str(row["variant"])), []).append(row)
@@ -279,11 +282,11 @@ def summarize(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         # Each run's own figure by repeat: interleaved repeats pair up (A#1 with B#1), so a ratio can be checked per pair.
         entry["by_repeat"] = {key: {int(m["repeat"]): float(m[key]) for m in members
                                     if m.get("repeat") not in (None, "") and m.get(key) not in (None, "")}
-                              for key in ("samples_per_s", "real_tokens_per_s")}
+                              for key in RATE_KEYS}
         out.append(entry)
     for entry in out:
         base = next((e for e in out if (e["suite"], e["dataset"], e["variant"]) == (entry["suite"], entry["dataset"], "A")), None)
-        for key in ("samples_per_s", "real_tokens_per_s"):
+        for key in RATE_KEYS:
             ratio = None
             if base and base[key] and entry[key] is not None:
                 ratio = entry[key] / base[key]

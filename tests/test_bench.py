@@ -587,7 +587,7 @@ def test_split_seeds_run_each_data_set_split_again_and_record_apart(tmp_path: Pa
     bench.common.append_rows("quality", _info("2026-12-04T10:00:00+00:00"), [
         _quality_row("demo-by-supplier", "kubetune", 0.85, 0.75), _quality_row("demo-by-supplier", "baseline", 0.82, 0.70)])
     lines = render(why_file=tmp_path / "none.yaml").splitlines()
-    assert "| demo-by-supplier | the quality table's | 85.0 % / 75.0 % | 82.0 % / 70.0 % | met: +3.0 / +5.0 pts |" in lines
+    assert "| demo-by-supplier | the config's own (the quality table) | 85.0 % / 75.0 % | 82.0 % / 70.0 % | met: +3.0 / +5.0 pts |" in lines
     assert "| demo-by-supplier | 7 | 90.0 % / 80.0 % | 80.0 % / 60.0 % | met: +10.0 / +20.0 pts |" in lines
     assert "| demo-by-supplier | 13 | 81.0 % / 71.0 % | 80.0 % / 60.0 % | missed: +1.0 pts accuracy |" in lines
     assert "demo-by-supplier: the margin holds on 2 of 3 splits." in lines
