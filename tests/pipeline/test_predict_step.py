@@ -122,8 +122,10 @@ def test_bad_parameters_are_one_line_naming_the_parameter_before_the_model_loads
     monkeypatch.setattr(Predictor, "load_weights", lambda self: pytest.fail("the weights were loaded"))
     model, data, output = (value.format(rows=new_rows, tmp=tmp_path) for value in (model, data, output))
     before = new_rows.read_bytes()
+    # No tracking URI and no local store: the default storage.runs_uri (./runs) holds one after a `make demo` here.
+    config = f"tracking:\n  tracking_uri: null\nstorage:\n  runs_uri: {tmp_path / 'no-runs-here'}\n"
     with pytest.raises(KubetuneError, match=message) as raised:
-        run_predict(tmp_path, model, data, output, config="tracking:\n  tracking_uri: null\n")
+        run_predict(tmp_path, model, data, output, config=config)
     assert "\n" not in str(raised.value)
     assert list((tmp_path / "artifacts").iterdir()) == []  # nothing written
     assert new_rows.read_bytes() == before
