@@ -19,7 +19,8 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]], title
         return "  ".join(v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric, strict=True)).rstrip()
 
     out = [title] if title else []
-    out += [line(list(headers)), "  ".join("-" * w for w in widths)]
+    # A column without a header (a marker such as "← best") gets no rule: a rule over nothing reads as a lost column.
+    out += [line(list(headers)), "  ".join(("-" if h else " ") * w for h, w in zip(headers, widths, strict=True)).rstrip()]
     out += [line(r) for r in cells]
     return "\n".join(out)
 

@@ -26,6 +26,9 @@ def test_the_summary_shows_each_evaluation_with_the_best_marked():
     text = format_summary(summary(evaluations=ROWS))
     table = text.split("validation during training\n", 1)[1].splitlines()
     assert table[0].split() == ["epoch", "step", "train", "loss", "val", "loss", "val", "accuracy", "val", "macro", "F1"]
+    # A rule under each named column and none under the unnamed marker column: it ends with the last named one.
+    assert table[1].split() == ["-----", "----", "----------", "--------", "------------", "------------"]
+    assert table[1] == table[1].rstrip() and len(table[1]) == len(table[0].rstrip())
     assert table[2].split() == ["1", "47", "2.8123", "2.4100", "0.6300", "0.2500"]
     assert table[3].split() == ["2", "94", "1.9346", "1.9000", "0.6900", "0.4600", "←", "best"]
     assert "more epochs may help" not in text

@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
         from kubetune.generation import generate_file
 
         result = generate_file(args.model, args.data, args.output, config)
-        print_table(["", "value"], list(result.items()), title=f"completions → {args.output}")
+        print_table(["summary", "value"], list(result.items()), title=f"completions → {args.output}")
         return 0
     summary = predict_file(args.model, args.data, args.output, config)
     print()
