@@ -187,15 +187,12 @@ def from_steps(argv: Sequence[str]) -> int:
     return 0
 
 
-def measure_split(name: str, dataset: Dataset, system: str, extra: Sequence[str], workdir: Path,
-                  split_seed: int) -> list[dict[str, Any]]:
-    """`measure` with the rows split again by `split.seed=split_seed` (its own work folder); the rows say the seed."""
-    rows = measure(name, dataset, system, [*extra, f"split.seed={split_seed}"], workdir / f"split-seed-{split_seed}")
-    return [{**row, "split_seed": split_seed} for row in rows]
-
-
-def measure(name: str, dataset: Dataset, system: str, extra: Sequence[str], workdir: Path) -> list[dict[str, Any]]:
-    """`kubetune run` of one system on one data set in a fresh runs folder; its rows."""
+def measure(name: str, dataset: Dataset, system: str, extra: Sequence[str], workdir: Path,
+            split_seed: int | None = None) -> list[dict[str, Any]]:
+    """`kubetune run` of one system on one data set in a fresh runs folder; its rows. With `split_seed` the rows are
+    split again by `split.seed` (in that seed's own work folder) and each row says the seed."""
+    if split_seed is not None:
+        extra, workdir = [*extra, f"split.seed={split_seed}"], workdir / f"split-seed-{split_seed}"
     runs = workdir / name / system / "runs"
     shutil.rmtree(runs, ignore_errors=True)  # kfp.local's cache would skip steps: every step is timed
     overrides = [*dataset.overrides, *_data_overrides(dataset.config), *extra]
@@ -204,7 +201,8 @@ def measure(name: str, dataset: Dataset, system: str, extra: Sequence[str], work
                f"storage.runs_uri={runs}", *overrides]
     print(f"  {name} {system}: {shlex.join(shown)}", flush=True)
     run_logged(command, workdir / name / system / "run.log", env=bench_env())
-    return run_rows(runs / system / "summary.json", name, dataset.description, system, shlex.join(shown))
+    rows = run_rows(runs / system / "summary.json", name, dataset.description, system, shlex.join(shown))
+    return rows if split_seed is None else [{**row, "split_seed": split_seed} for row in rows]
 
 
 # --------------------------------------------------------------------------------------- search
@@ -221,10 +219,9 @@ def search_row(output: Path, dataset: str, setting: str, command: str) -> dict[s
         history = json.loads(history_file.read_text()) if history_file.is_file() else {}
         evals = [e for e in history.get("eval", []) if e.get("eval_accuracy") is not None]
         best_step, metric = history.get("best_step"), history.get("metric_for_best_model")
-        if not evals and not history_file.is_file():
-            state_file, evals, best_step = _checkpoint_evaluations(output)
-            if evals:
-                history_file = state_file
+        found = _checkpoint_evaluations(output) if not evals and not history_file.is_file() else None
+        if found:
+            history_file, evals, best_step = found
         if not evals:
             raise SystemExit(f"{output}: no validation figures (neither {metrics_file} with eval_accuracy nor "
                              f"evaluations in {history_file})")
@@ -237,18 +234,18 @@ def search_row(output: Path, dataset: str, setting: str, command: str) -> dict[s
             "source": str(source)}
 
 
-def _checkpoint_evaluations(output: Path) -> tuple[Path, list[dict[str, Any]], int | None]:
-    """The evaluations in the newest complete checkpoint's trainer_state.json (the Trainer's log_history) and the
-    step of its best one: what a training stopped before it saved its model leaves."""
+def _checkpoint_evaluations(output: Path) -> tuple[Path, list[dict[str, Any]], int | None] | None:
+    """The newest complete checkpoint's trainer_state.json, its evaluations (the Trainer's log_history) and the step
+    of its best one: what a training stopped before it saved its model leaves. None without any evaluation there."""
     from kubetune.train.checkpoints import newest_complete
 
     newest = newest_complete(output / "checkpoints")
-    state_file = (newest or output / "checkpoints") / "trainer_state.json"
-    if newest is None or not state_file.is_file():
-        return state_file, [], None
+    state_file = newest / "trainer_state.json" if newest else None
+    if state_file is None or not state_file.is_file():
+        return None
     state = json.loads(state_file.read_text())
     evals = [e for e in state.get("log_history", []) if e.get("eval_accuracy") is not None]
-    return state_file, evals, state.get("best_global_step")
+    return (state_file, evals, state.get("best_global_step")) if evals else None
 
 
 def search_record(argv: Sequence[str]) -> int:
@@ -365,10 +362,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     dataset.config, dataset.overrides, args.full_epochs, args.full_lr, args.full_slowdown)
                 label = name if split_seed is None else f"{name} split.seed={split_seed}"
                 try:
-                    if split_seed is None:
-                        rows = measure(name, dataset, system, extra, WORK_DIR / "quality")
-                    else:
-                        rows = measure_split(name, dataset, system, extra, WORK_DIR / "quality", split_seed)
+                    rows = measure(name, dataset, system, extra, WORK_DIR / "quality", split_seed)
                 except (RuntimeError, SystemExit) as failure:  # reported at the end; the other runs still run
                     print(f"  {label} {system}: FAILED: {failure}", file=sys.stderr, flush=True)
                     failed.append(f"{label} {system}")

@@ -227,15 +227,14 @@ def split_seeds_table(rows: Sequence[Mapping[str, str]], splits: Sequence[Mappin
             continue
         pairs = [("the config's own (the quality table)", latest.get((dataset, KUBETUNE)), latest.get((dataset, BASELINE)))]
         pairs += [(seed, by_seed.get((dataset, seed, KUBETUNE)), by_seed.get((dataset, seed, BASELINE))) for seed in seeds]
-        met = 0
+        met = measured = 0
         for seed, kubetune, baseline in pairs:
             if not (kubetune and baseline):
                 continue
             verdict = baseline_margin(kubetune, baseline)
-            met += verdict[2]
+            met, measured = met + verdict[2], measured + 1
             table.append([dataset, seed, f"{_metric(kubetune['accuracy'])} / {_metric(kubetune['macro_f1'])}",
                           f"{_metric(baseline['accuracy'])} / {_metric(baseline['macro_f1'])}", verdict[3]])
-        measured = sum(1 for _, kubetune, baseline in pairs if kubetune and baseline)
         tally.append(f"{dataset}: the margin holds on {met} of {measured} splits")
     if not table:
         return []

@@ -601,7 +601,8 @@ def test_a_plain_quality_run_leaves_out_the_whole_council_set(tmp_path: Path, re
     import bench.quality as quality
 
     measured = []
-    monkeypatch.setattr(quality, "measure", lambda name, dataset, system, extra, work: measured.append((name, dataset)) or [])
+    monkeypatch.setattr(quality, "measure",
+                        lambda name, dataset, system, extra, work, split_seed=None: measured.append((name, dataset)) or [])
     monkeypatch.delenv("BENCH_QUALITY_DATASETS", raising=False)
     assert quality_main(["--systems", "kubetune"]) == 0
     assert [name for name, _ in measured] == ["demo", "demo-by-supplier", "banking77", "hwu64", "council"]
